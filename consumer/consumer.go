@@ -1,0 +1,615 @@
+package consumer
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"runtime"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/forqhq/forq"
+	"github.com/forqhq/forq/internal/topology"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Defaults of Config.
+const (
+	DefaultConcurrency = 1
+	DefaultGrace       = 10 * time.Second
+	DefaultRetryBase   = time.Second
+	DefaultRetryMax    = 5 * time.Minute
+	// DefaultFetchWait is how long one pull request waits at the broker
+	// for tasks. It bounds how long a stop waits for the fetch in flight.
+	DefaultFetchWait = time.Second
+)
+
+// ErrPermanent marks a handler error that must not be retried: the task is
+// dead-lettered at once. Wrap it: fmt.Errorf("bad payload: %w", ErrPermanent).
+var ErrPermanent = errors.New("permanent failure")
+
+// ErrMaxTasks is returned by Run when the worker stopped because it ran
+// Config.MaxTasks tasks; a supervisor replaces such a worker.
+var ErrMaxTasks = errors.New("ran its maximum number of tasks")
+
+// ErrNoHandler is the error recorded for a task whose type has no handler
+// on the worker that received it. Such a task is retried like any failure
+// (another worker of the queue may know the type) and dead-lettered after
+// its attempts.
+var ErrNoHandler = errors.New("no handler for task type")
+
+// Task is a task as a handler sees it.
+type Task struct {
+	// ID, Queue and Type of the task.
+	ID, Queue, Type string
+	// Payload as enqueued.
+	Payload []byte
+	// Attempt is 1 on the first run, counted by the broker's deliveries.
+	Attempt int
+	// MaxAttempts the task may make.
+	MaxAttempts int
+	// Header has the message's headers, for Forq-* headers a feature adds.
+	Header nats.Header
+
+	msg jetstream.Msg
+}
+
+// InProgress tells the broker the task is still being worked on. The worker
+// does this on its own while the handler runs; a handler may call it too.
+func (t *Task) InProgress() error { return t.msg.InProgress() }
+
+// Handler runs tasks of one type. Its result bytes are recorded when the
+// task asked for a record. ctx is canceled at the task's timeout, when the
+// task is canceled, or when the worker's grace period ends at shutdown.
+type Handler interface {
+	Handle(ctx context.Context, t *Task) ([]byte, error)
+}
+
+// HandlerFunc adapts a function to a Handler.
+type HandlerFunc func(ctx context.Context, t *Task) ([]byte, error)
+
+// Handle calls f(ctx, t).
+func (f HandlerFunc) Handle(ctx context.Context, t *Task) ([]byte, error) { return f(ctx, t) }
+
+// Config configures a Worker. The zero value works: queue "default", one
+// handler at a time.
+type Config struct {
+	// Queues to pull from; empty means forq.DefaultQueue.
+	Queues []string
+	// Concurrency is how many handlers run at once in this process;
+	// 0 means DefaultConcurrency.
+	Concurrency int
+	// AckWait of a queue's consumer when this worker is the first to
+	// declare it; 0 means forq.DefaultAckWait. An existing consumer keeps
+	// its own.
+	AckWait time.Duration
+	// Grace is how long a stop lets running handlers finish before their
+	// contexts are canceled; 0 means DefaultGrace.
+	Grace time.Duration
+	// RetryBase and RetryMax shape the back-off before attempt n+1:
+	// RetryBase·2^(n-1), capped at RetryMax, with jitter in [½, 1]×.
+	RetryBase, RetryMax time.Duration
+	// MaxTasks makes Run return ErrMaxTasks after this many tasks; 0 means
+	// no limit.
+	MaxTasks int
+	// FetchWait is how long one pull waits at the broker; 0 means
+	// DefaultFetchWait.
+	FetchWait time.Duration
+	// Logger gets the worker's events; nil means slog.Default().
+	Logger *slog.Logger
+	// Replicas, ResultTTL and DuplicateWindow apply when this worker is the
+	// first process to declare forq's streams and bucket.
+	Replicas        int
+	ResultTTL       time.Duration
+	DuplicateWindow time.Duration
+}
+
+// Worker pulls tasks and runs their handlers. Register handlers before Run.
+type Worker struct {
+	cfg      Config
+	nc       *nats.Conn
+	js       jetstream.JetStream
+	h        *topology.Handles
+	log      *slog.Logger
+	host     string
+	pid      int
+	handlers map[string]Handler
+
+	slots     chan struct{}
+	claimed   atomic.Int64 // tasks fetched toward MaxTasks
+	processed atomic.Int64
+
+	mu      sync.Mutex
+	running map[*run]struct{}
+}
+
+type run struct {
+	cancel context.CancelCauseFunc
+}
+
+// errStopping is the cause given to handlers canceled at the end of a stop.
+var errStopping = errors.New("worker stopping: grace period over")
+
+// New returns a Worker on nc and declares forq's streams, bucket and the
+// consumers of cfg.Queues. Errors wrap forq.ErrInvalidQueue or
+// forq.ErrInvalidOption for bad config, or the broker's error.
+func New(ctx context.Context, nc *nats.Conn, cfg Config) (*Worker, error) {
+	if len(cfg.Queues) == 0 {
+		cfg.Queues = []string{forq.DefaultQueue}
+	}
+	for _, q := range cfg.Queues {
+		if err := forq.ValidateQueue(q); err != nil {
+			return nil, fmt.Errorf("consumer: %w", err)
+		}
+	}
+	if cfg.Concurrency < 0 || cfg.MaxTasks < 0 || cfg.Grace < 0 || cfg.RetryBase < 0 || cfg.RetryMax < 0 || cfg.FetchWait < 0 {
+		return nil, fmt.Errorf("consumer: %w: negative concurrency, max tasks or duration", forq.ErrInvalidOption)
+	}
+	if cfg.Concurrency == 0 {
+		cfg.Concurrency = DefaultConcurrency
+	}
+	if cfg.Grace == 0 {
+		cfg.Grace = DefaultGrace
+	}
+	if cfg.RetryBase == 0 {
+		cfg.RetryBase = DefaultRetryBase
+	}
+	if cfg.RetryMax == 0 {
+		cfg.RetryMax = DefaultRetryMax
+	}
+	if cfg.FetchWait == 0 {
+		cfg.FetchWait = DefaultFetchWait
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, fmt.Errorf("consumer: %w", err)
+	}
+	h, err := topology.Ensure(ctx, js, topology.Options{Replicas: cfg.Replicas, ResultTTL: cfg.ResultTTL, DuplicateWindow: cfg.DuplicateWindow})
+	if err != nil {
+		return nil, fmt.Errorf("consumer: %w", err)
+	}
+	host, _ := os.Hostname()
+	return &Worker{
+		cfg:      cfg,
+		nc:       nc,
+		js:       js,
+		h:        h,
+		log:      cfg.Logger,
+		host:     host,
+		pid:      os.Getpid(),
+		handlers: map[string]Handler{},
+		slots:    make(chan struct{}, cfg.Concurrency),
+		running:  map[*run]struct{}{},
+	}, nil
+}
+
+// Handle registers h for tasks of type taskType, replacing any handler
+// registered before. It panics if taskType is not a valid type, like
+// net/http's ServeMux does for a bad pattern. Call it before Run.
+func (w *Worker) Handle(taskType string, h Handler) {
+	if err := forq.ValidateType(taskType); err != nil {
+		panic(fmt.Sprintf("consumer: Handle: %v", err))
+	}
+	w.handlers[taskType] = h
+}
+
+// HandleFunc registers f for tasks of type taskType.
+func (w *Worker) HandleFunc(taskType string, f func(ctx context.Context, t *Task) ([]byte, error)) {
+	w.Handle(taskType, HandlerFunc(f))
+}
+
+// Types returns the registered task types, sorted.
+func (w *Worker) Types() []string {
+	ts := make([]string, 0, len(w.handlers))
+	for t := range w.handlers {
+		ts = append(ts, t)
+	}
+	slices.Sort(ts)
+	return ts
+}
+
+// Processed returns how many tasks this worker has finished, whatever
+// their outcome.
+func (w *Worker) Processed() int64 { return w.processed.Load() }
+
+// Run pulls and runs tasks until ctx is canceled, then stops gracefully
+// (see the package doc) and returns nil. It returns ErrMaxTasks after
+// Config.MaxTasks tasks, and an error if a queue's consumer cannot be
+// declared. Broker outages are waited out: the connection reconnects and
+// fetching resumes.
+func (w *Worker) Run(ctx context.Context) error {
+	cons := make([]jetstream.Consumer, len(w.cfg.Queues))
+	for i, q := range w.cfg.Queues {
+		c, err := topology.EnsureConsumer(ctx, w.h.Tasks, q, w.cfg.AckWait)
+		if err != nil {
+			return fmt.Errorf("consumer: %w", err)
+		}
+		cons[i] = c
+	}
+	// Handlers run under hard, which outlives ctx by the grace period.
+	hard, cancelHard := context.WithCancelCause(context.WithoutCancel(ctx))
+	defer cancelHard(nil)
+	var fetchers, tasks sync.WaitGroup
+	for i, c := range cons {
+		fetchers.Go(func() { w.fetchLoop(ctx, hard, w.cfg.Queues[i], c, &tasks) })
+	}
+	fetchers.Wait()
+
+	// No more fetching. Let running handlers finish within the grace.
+	done := make(chan struct{})
+	go func() { tasks.Wait(); close(done) }()
+	if ctx.Err() != nil {
+		w.log.Info("stopping: waiting for running tasks", "grace", w.cfg.Grace)
+	}
+	select {
+	case <-done:
+	case <-time.After(w.cfg.Grace):
+		w.log.Warn("grace period over: canceling running tasks; they will be redelivered")
+		cancelHard(errStopping)
+		<-done
+	}
+	if w.cfg.MaxTasks > 0 && w.processed.Load() >= int64(w.cfg.MaxTasks) {
+		return ErrMaxTasks
+	}
+	return nil
+}
+
+// Abort cancels every running handler's context at once; their tasks are
+// naked for immediate redelivery. A stop that cannot wait (the supervisor
+// died) calls it after canceling Run's context.
+func (w *Worker) Abort() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for r := range w.running {
+		r.cancel(errStopping)
+	}
+}
+
+// fetchLoop pulls tasks of one queue while ctx lives, starting each in its
+// own goroutine counted by tasks. Each task holds a slot.
+func (w *Worker) fetchLoop(ctx, hard context.Context, queue string, c jetstream.Consumer, tasks *sync.WaitGroup) {
+	ackWait := c.CachedInfo().Config.AckWait
+	backoff := 100 * time.Millisecond
+	for ctx.Err() == nil {
+		if !w.acquire(ctx) {
+			return
+		}
+		k := 1
+		for k < cap(w.slots) && k < 256 && w.tryAcquire() {
+			k++
+		}
+		if max := int64(w.cfg.MaxTasks); max > 0 {
+			left := max - w.claimed.Load()
+			if left <= 0 {
+				w.release(k)
+				return
+			}
+			if int64(k) > left {
+				w.release(k - int(left))
+				k = int(left)
+			}
+			w.claimed.Add(int64(k))
+		}
+		batch, err := c.Fetch(k, jetstream.FetchMaxWait(w.cfg.FetchWait))
+		if err != nil {
+			w.unclaim(k)
+			w.release(k)
+			w.log.Warn("fetch failed; retrying", "queue", queue, "err", err, "retry_in", backoff)
+			if !sleep(ctx, backoff) {
+				return
+			}
+			backoff = min(backoff*2, 5*time.Second)
+			continue
+		}
+		n := 0
+		for m := range batch.Messages() {
+			n++
+			if ctx.Err() != nil {
+				// Stopping: give it back at once.
+				_ = m.Nak()
+				w.unclaim(1)
+				w.release(1)
+				continue
+			}
+			tasks.Go(func() {
+				defer w.release(1)
+				w.process(hard, queue, ackWait, m)
+			})
+		}
+		w.unclaim(k - n)
+		w.release(k - n)
+		if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) {
+			w.log.Warn("fetch failed; retrying", "queue", queue, "err", err, "retry_in", backoff)
+			if !sleep(ctx, backoff) {
+				return
+			}
+			backoff = min(backoff*2, 5*time.Second)
+			continue
+		}
+		backoff = 100 * time.Millisecond
+	}
+}
+
+func (w *Worker) acquire(ctx context.Context) bool {
+	select {
+	case w.slots <- struct{}{}:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+func (w *Worker) tryAcquire() bool {
+	select {
+	case w.slots <- struct{}{}:
+		return true
+	default:
+		return false
+	}
+}
+
+func (w *Worker) release(n int) {
+	for range n {
+		<-w.slots
+	}
+}
+
+func (w *Worker) unclaim(n int) {
+	if w.cfg.MaxTasks > 0 && n > 0 {
+		w.claimed.Add(-int64(n))
+	}
+}
+
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// process runs one delivery of a task to its end: ack, nak or dead letter.
+func (w *Worker) process(hard context.Context, queue string, ackWait time.Duration, m jetstream.Msg) {
+	defer w.processed.Add(1)
+	t := &Task{Queue: queue, Payload: m.Data(), Header: m.Headers(), msg: m}
+	t.ID = t.Header.Get(forq.HeaderID)
+	t.Type = t.Header.Get(forq.HeaderType)
+	t.Attempt = 1
+	if md, err := m.Metadata(); err == nil {
+		t.Attempt = int(md.NumDelivered)
+		if t.ID == "" {
+			// Published without an ID (e.g. by hand): the stream
+			// sequence is stable across redeliveries.
+			t.ID = "seq-" + strconv.FormatUint(md.Sequence.Stream, 10)
+		}
+	}
+	log := w.log.With("task", t.ID, "queue", queue, "type", t.Type, "attempt", t.Attempt, "pid", w.pid)
+	record := t.Header.Get(forq.HeaderRecord) == "1"
+
+	var timeout time.Duration
+	t.MaxAttempts = forq.DefaultMaxAttempts
+	var bad error
+	if s := t.Header.Get(forq.HeaderMaxAttempts); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 {
+			bad = fmt.Errorf("%w: header %s: %q is not a positive integer", ErrPermanent, forq.HeaderMaxAttempts, s)
+		}
+		t.MaxAttempts = max(n, 1)
+	}
+	if s := t.Header.Get(forq.HeaderTimeout); s != "" && bad == nil {
+		d, err := time.ParseDuration(s)
+		if err != nil || d <= 0 {
+			bad = fmt.Errorf("%w: header %s: %q is not a positive duration like 30s", ErrPermanent, forq.HeaderTimeout, s)
+		}
+		timeout = d
+	}
+	if t.Type == "" && bad == nil {
+		bad = fmt.Errorf("%w: no %s header", ErrPermanent, forq.HeaderType)
+	}
+	res := forq.Result{ID: t.ID, Queue: queue, Type: t.Type, Attempts: t.Attempt, WorkerPID: w.pid, Host: w.host}
+	if bad != nil {
+		w.fail(log, t, &res, bad)
+		return
+	}
+	if t.Attempt > t.MaxAttempts {
+		w.fail(log, t, &res, fmt.Errorf("%w: delivered %d times but allowed %d attempts: its workers stopped while running it", ErrPermanent, t.Attempt, t.MaxAttempts))
+		return
+	}
+
+	h, ok := w.handlers[t.Type]
+	var out []byte
+	var err error
+	res.StartedAt = time.Now().UTC()
+	if !ok {
+		err = fmt.Errorf("%w %q on this worker (it handles %v)", ErrNoHandler, t.Type, w.Types())
+	} else {
+		if record {
+			res.State = forq.StateRunning
+			w.put(log, &res)
+		}
+		out, err = w.runHandler(hard, t, h, timeout, ackWait)
+	}
+	res.FinishedAt = time.Now().UTC()
+	if err == nil {
+		if record {
+			res.State, res.Result = forq.StateSucceeded, out
+			if !w.put(log, &res) {
+				// Without its record a waiter would wait forever: run it again.
+				_ = m.NakWithDelay(time.Second)
+				return
+			}
+		}
+		if err := m.Ack(); err != nil {
+			log.Warn("ack failed; the task will be redelivered", "err", err)
+		}
+		log.Debug("task succeeded", "duration", res.FinishedAt.Sub(res.StartedAt))
+		return
+	}
+	if errors.Is(err, errStopping) {
+		// Stopped before it finished: redeliver at once, elsewhere.
+		log.Info("task interrupted by shutdown; redelivering")
+		_ = m.Nak()
+		return
+	}
+	w.fail(log, t, &res, err)
+}
+
+// runHandler runs h with the task's deadline, heartbeats and panic guard.
+func (w *Worker) runHandler(hard context.Context, t *Task, h Handler, timeout, ackWait time.Duration) (out []byte, err error) {
+	ctx, cancel := context.WithCancelCause(hard)
+	defer cancel(nil)
+	if timeout > 0 {
+		var c context.CancelFunc
+		ctx, c = context.WithTimeoutCause(ctx, timeout, fmt.Errorf("task timed out after %s", timeout))
+		defer c()
+	}
+	r := &run{cancel: cancel}
+	w.mu.Lock()
+	w.running[r] = struct{}{}
+	w.mu.Unlock()
+	defer func() {
+		w.mu.Lock()
+		delete(w.running, r)
+		w.mu.Unlock()
+	}()
+	if ackWait > 0 {
+		beat := max(ackWait/3, 100*time.Millisecond)
+		var hb *time.Timer
+		var mu sync.Mutex
+		stopped := false
+		mu.Lock()
+		hb = time.AfterFunc(beat, func() {
+			_ = t.msg.InProgress()
+			mu.Lock()
+			if !stopped {
+				hb.Reset(beat)
+			}
+			mu.Unlock()
+		})
+		mu.Unlock()
+		defer func() {
+			mu.Lock()
+			stopped = true
+			hb.Stop()
+			mu.Unlock()
+		}()
+	}
+	defer func() {
+		if p := recover(); p != nil {
+			buf := make([]byte, 4096)
+			buf = buf[:runtime.Stack(buf, false)]
+			err = fmt.Errorf("handler panicked: %v\n%s", p, buf)
+		}
+	}()
+	out, err = h.Handle(ctx, t)
+	if err != nil && ctx.Err() != nil {
+		if cause := context.Cause(ctx); errors.Is(cause, errStopping) {
+			return nil, cause
+		} else if cause != nil && !errors.Is(err, cause) {
+			err = fmt.Errorf("%w: %w", cause, err)
+		}
+	}
+	return out, err
+}
+
+// fail handles a failed attempt: retry after back-off, or dead-letter.
+func (w *Worker) fail(log *slog.Logger, t *Task, res *forq.Result, err error) {
+	res.Error = err.Error()
+	if res.FinishedAt.IsZero() {
+		res.FinishedAt = time.Now().UTC()
+	}
+	if !errors.Is(err, ErrPermanent) && t.Attempt < t.MaxAttempts {
+		delay := w.backoff(t.Attempt)
+		res.State = forq.StateFailed
+		w.put(log, res)
+		log.Warn("task failed; will retry", "err", err, "retry_in", delay.Round(time.Millisecond))
+		if nerr := t.msg.NakWithDelay(delay); nerr != nil {
+			log.Warn("nak failed; the task will be redelivered after the ack wait", "err", nerr)
+		}
+		return
+	}
+	if derr := w.deadLetter(t, err); derr != nil {
+		// Keep the task: it is redelivered and dead-lettered again later.
+		log.Error("dead-letter failed; the task stays queued", "err", derr)
+		_ = t.msg.NakWithDelay(w.backoff(1))
+		return
+	}
+	res.State = forq.StateDead
+	w.put(log, res)
+	log.Error("task dead-lettered", "err", err, "attempts", t.Attempt)
+	if aerr := t.msg.Ack(); aerr != nil {
+		log.Warn("ack of dead-lettered task failed", "err", aerr)
+	}
+}
+
+func (w *Worker) deadLetter(t *Task, cause error) error {
+	m := nats.NewMsg(forq.DeadSubject(t.Queue))
+	m.Data = t.Payload
+	for k, vs := range t.Header {
+		if k == "Nats-Expected-Stream" || k == "Nats-TTL" {
+			continue
+		}
+		m.Header[k] = slices.Clone(vs)
+	}
+	m.Header.Set(forq.HeaderID, t.ID)
+	msg := cause.Error()
+	if len(msg) > 2048 {
+		msg = msg[:2048] + "…"
+	}
+	m.Header.Set(forq.HeaderError, sanitizeHeader(msg))
+	m.Header.Set(forq.HeaderAttempts, strconv.Itoa(t.Attempt))
+	m.Header.Set(forq.HeaderQueue, t.Queue)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_, err := w.js.PublishMsg(ctx, m)
+	return err
+}
+
+// sanitizeHeader keeps a header value on one line.
+func sanitizeHeader(s string) string {
+	b := []byte(s)
+	for i, c := range b {
+		if c == '\r' || c == '\n' {
+			b[i] = ' '
+		}
+	}
+	return string(b)
+}
+
+func (w *Worker) backoff(attempt int) time.Duration {
+	d := w.cfg.RetryBase
+	for i := 1; i < attempt && d < w.cfg.RetryMax; i++ {
+		d *= 2
+	}
+	d = min(d, w.cfg.RetryMax)
+	return d/2 + rand.N(d/2+1)
+}
+
+// put records res; it reports whether the record was written.
+func (w *Worker) put(log *slog.Logger, res *forq.Result) bool {
+	b, err := json.Marshal(res)
+	if err == nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_, err = w.h.Results.Put(ctx, res.ID, b)
+	}
+	if err != nil {
+		log.Warn("recording the result failed", "state", res.State, "err", err)
+		return false
+	}
+	return true
+}

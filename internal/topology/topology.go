@@ -1,0 +1,134 @@
+// Package topology declares forq's streams, consumers and KV bucket on a
+// JetStream server. Every forq process calls it on start; whichever comes
+// first creates what is missing, and nobody deletes or rewrites what another
+// process declared.
+package topology
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/forqhq/forq"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Options tune what Ensure creates. They apply only to what does not exist
+// yet: an existing stream or bucket keeps its configuration.
+type Options struct {
+	// Replicas of each stream and of the bucket; 0 means 1.
+	Replicas int
+	// ResultTTL is how long results live; 0 means forq.DefaultResultTTL.
+	ResultTTL time.Duration
+	// DuplicateWindow of the task stream; 0 means forq.DefaultDuplicateWindow.
+	DuplicateWindow time.Duration
+}
+
+// Handles are what Ensure declared: the two streams and the results bucket.
+type Handles struct {
+	Tasks   jetstream.Stream
+	Dead    jetstream.Stream
+	Results jetstream.KeyValue
+}
+
+// Ensure declares FORQ_TASKS, FORQ_DEAD and forq_results if they are
+// missing, and returns handles to them.
+func Ensure(ctx context.Context, js jetstream.JetStream, o Options) (*Handles, error) {
+	if o.Replicas <= 0 {
+		o.Replicas = 1
+	}
+	if o.ResultTTL <= 0 {
+		o.ResultTTL = forq.DefaultResultTTL
+	}
+	if o.DuplicateWindow <= 0 {
+		o.DuplicateWindow = forq.DefaultDuplicateWindow
+	}
+	tasks, err := ensureStream(ctx, js, jetstream.StreamConfig{
+		Name:        forq.StreamTasks,
+		Description: "forq task queues: one subject per queue, removed once a worker acknowledges",
+		Subjects:    []string{forq.SubjectTasksPrefix + ">"},
+		Retention:   jetstream.WorkQueuePolicy,
+		Storage:     jetstream.FileStorage,
+		Replicas:    o.Replicas,
+		Duplicates:  o.DuplicateWindow,
+		AllowMsgTTL: true,
+	})
+	if err != nil {
+		return nil, err
+	}
+	dead, err := ensureStream(ctx, js, jetstream.StreamConfig{
+		Name:        forq.StreamDead,
+		Description: "forq dead letters: tasks that used up their attempts, last error in Forq-Error",
+		Subjects:    []string{forq.SubjectDeadPrefix + ">"},
+		Retention:   jetstream.LimitsPolicy,
+		Storage:     jetstream.FileStorage,
+		Replicas:    o.Replicas,
+		Duplicates:  o.DuplicateWindow,
+	})
+	if err != nil {
+		return nil, err
+	}
+	kv, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:      forq.BucketResults,
+		Description: "forq task results by task ID",
+		TTL:         o.ResultTTL,
+		Storage:     jetstream.FileStorage,
+		Replicas:    o.Replicas,
+		History:     1,
+	})
+	if errors.Is(err, jetstream.ErrBucketExists) {
+		kv, err = js.KeyValue(ctx, forq.BucketResults)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("declare KV bucket %s: %w", forq.BucketResults, err)
+	}
+	return &Handles{Tasks: tasks, Dead: dead, Results: kv}, nil
+}
+
+func ensureStream(ctx context.Context, js jetstream.JetStream, cfg jetstream.StreamConfig) (jetstream.Stream, error) {
+	s, err := js.CreateStream(ctx, cfg)
+	if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+		// Declared by another process, perhaps with other settings
+		// (replicas, limits): use it as it is.
+		s, err = js.Stream(ctx, cfg.Name)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("declare stream %s: %w", cfg.Name, err)
+	}
+	return s, nil
+}
+
+// EnsureConsumer declares the durable pull consumer that all workers of
+// queue share, with the given ack wait if it is new. An existing consumer
+// is used as it is; its actual configuration is in the returned consumer's
+// CachedInfo.
+func EnsureConsumer(ctx context.Context, tasks jetstream.Stream, queue string, ackWait time.Duration) (jetstream.Consumer, error) {
+	if err := forq.ValidateQueue(queue); err != nil {
+		return nil, err
+	}
+	if ackWait <= 0 {
+		ackWait = forq.DefaultAckWait
+	}
+	name := forq.ConsumerName(queue)
+	c, err := tasks.CreateConsumer(ctx, jetstream.ConsumerConfig{
+		Durable:       name,
+		Description:   "forq workers of queue " + queue,
+		FilterSubject: forq.TaskSubject(queue),
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       ackWait,
+		// forq counts attempts itself from the delivery count, per task;
+		// the broker must keep redelivering so that a task whose workers
+		// keep crashing can be dead-lettered.
+		MaxDeliver:    -1,
+		MaxAckPending: 100_000,
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+	})
+	if errors.Is(err, jetstream.ErrConsumerExists) {
+		c, err = tasks.Consumer(ctx, name)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("declare consumer %s on %s: %w", name, forq.StreamTasks, err)
+	}
+	return c, nil
+}

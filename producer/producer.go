@@ -1,0 +1,372 @@
+// Package producer enqueues forq tasks and waits for their results.
+//
+// An Enqueue that returned nil is durable: the broker's stream has stored
+// the task (on a cluster, on a quorum of replicas). Enqueueing a task ID
+// again inside the stream's duplicate window is a no-op that reports the
+// first enqueue's sequence with Info.Duplicate set.
+package producer
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/forqhq/forq"
+	"github.com/forqhq/forq/internal/topology"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// DefaultWindow is how many asynchronous publishes EnqueueMany keeps in
+// flight at once.
+const DefaultWindow = 4096
+
+// Config configures a Producer. The zero value is ready to use.
+type Config struct {
+	// Window bounds the publishes EnqueueMany has in flight; 0 means
+	// DefaultWindow.
+	Window int
+	// Replicas, ResultTTL and DuplicateWindow apply when this producer is
+	// the first process to declare forq's streams and bucket; see
+	// topology. 0 means the defaults (1, forq.DefaultResultTTL,
+	// forq.DefaultDuplicateWindow).
+	Replicas        int
+	ResultTTL       time.Duration
+	DuplicateWindow time.Duration
+}
+
+// Producer enqueues tasks. It is safe for concurrent use. It does not own
+// the NATS connection it is given.
+type Producer struct {
+	nc      *nats.Conn
+	js      jetstream.JetStream
+	results jetstream.KeyValue
+	window  int
+}
+
+// Info describes an enqueued task.
+type Info struct {
+	// ID of the task.
+	ID string
+	// Queue it went to.
+	Queue string
+	// Sequence is the task's sequence number in forq.StreamTasks.
+	Sequence uint64
+	// Duplicate is true when the broker already had a task with this ID
+	// inside its duplicate window; nothing new was enqueued.
+	Duplicate bool
+}
+
+// New returns a Producer on nc, declaring forq's streams and results bucket
+// if they do not exist yet.
+func New(ctx context.Context, nc *nats.Conn, cfg Config) (*Producer, error) {
+	if cfg.Window < 0 {
+		return nil, fmt.Errorf("producer: %w: window %d is negative", forq.ErrInvalidOption, cfg.Window)
+	}
+	if cfg.Window == 0 {
+		cfg.Window = DefaultWindow
+	}
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(cfg.Window))
+	if err != nil {
+		return nil, fmt.Errorf("producer: %w", err)
+	}
+	h, err := topology.Ensure(ctx, js, topology.Options{
+		Replicas:        cfg.Replicas,
+		ResultTTL:       cfg.ResultTTL,
+		DuplicateWindow: cfg.DuplicateWindow,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("producer: %w", err)
+	}
+	return &Producer{nc: nc, js: js, results: h.Results, window: cfg.Window}, nil
+}
+
+// Option changes how a task is enqueued; it overrides the Task's field.
+type Option func(*forq.Task) error
+
+// WithQueue sends the task to queue.
+func WithQueue(queue string) Option {
+	return func(t *forq.Task) error {
+		if err := forq.ValidateQueue(queue); err != nil {
+			return fmt.Errorf("%w: %w", forq.ErrInvalidOption, err)
+		}
+		t.Queue = queue
+		return nil
+	}
+}
+
+// WithMaxAttempts lets the task run at most n times (n ≥ 1).
+func WithMaxAttempts(n int) Option {
+	return func(t *forq.Task) error {
+		if n < 1 {
+			return fmt.Errorf("%w: max attempts %d is less than 1", forq.ErrInvalidOption, n)
+		}
+		t.MaxAttempts = n
+		return nil
+	}
+}
+
+// WithTimeout bounds each attempt of the task to d (d > 0).
+func WithTimeout(d time.Duration) Option {
+	return func(t *forq.Task) error {
+		if d <= 0 {
+			return fmt.Errorf("%w: timeout %s is not positive", forq.ErrInvalidOption, d)
+		}
+		t.Timeout = d
+		return nil
+	}
+}
+
+// WithID gives the task its ID, e.g. one derived from the work so that a
+// retried enqueue is dropped as a duplicate.
+func WithID(id string) Option {
+	return func(t *forq.Task) error {
+		if id == "" {
+			return fmt.Errorf("%w: empty task ID", forq.ErrInvalidOption)
+		}
+		t.ID = id
+		return nil
+	}
+}
+
+// WithRecord asks workers to record the task's state and result so that
+// Wait and Result can find it.
+func WithRecord() Option {
+	return func(t *forq.Task) error {
+		t.Record = true
+		return nil
+	}
+}
+
+// Enqueue publishes one task and returns once the broker has stored it.
+// Errors wrap forq.ErrInvalidTask, forq.ErrInvalidQueue,
+// forq.ErrInvalidOption or forq.ErrPayloadTooLarge for bad input, or the
+// broker's error.
+func (p *Producer) Enqueue(ctx context.Context, task forq.Task, opts ...Option) (*Info, error) {
+	msg, err := p.prepare(ctx, &task, opts)
+	if err != nil {
+		return nil, err
+	}
+	ack, err := p.js.PublishMsg(ctx, msg)
+	if err != nil {
+		p.forget(task)
+		return nil, fmt.Errorf("enqueue %s: %w", task.ID, err)
+	}
+	return &Info{ID: task.ID, Queue: task.Queue, Sequence: ack.Sequence, Duplicate: ack.Duplicate}, nil
+}
+
+// BatchError reports the tasks of an EnqueueMany that were not enqueued.
+// Errs has one entry per task given, nil for each one that was.
+type BatchError struct {
+	Errs []error
+}
+
+// Error says how many tasks failed and why the first one did.
+func (e *BatchError) Error() string {
+	n, first := 0, error(nil)
+	for _, err := range e.Errs {
+		if err != nil {
+			if first == nil {
+				first = err
+			}
+			n++
+		}
+	}
+	return fmt.Sprintf("%d of %d tasks not enqueued; first: %v", n, len(e.Errs), first)
+}
+
+// Unwrap returns the errors of the tasks that failed.
+func (e *BatchError) Unwrap() []error {
+	var errs []error
+	for _, err := range e.Errs {
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errs
+}
+
+// EnqueueMany publishes tasks asynchronously, at most the producer's window
+// in flight at once, and returns once the broker has acknowledged each one.
+// infos[i] describes tasks[i]. If any task was not enqueued the error is a
+// *BatchError saying which; the others were enqueued. opts apply to every
+// task. Invalid tasks are reported before anything is published.
+func (p *Producer) EnqueueMany(ctx context.Context, tasks []forq.Task, opts ...Option) ([]Info, error) {
+	msgs := make([]*nats.Msg, len(tasks))
+	for i := range tasks {
+		m, err := p.prepare(ctx, &tasks[i], opts)
+		if err != nil {
+			for j := range i {
+				p.forget(tasks[j])
+			}
+			return nil, fmt.Errorf("task %d: %w", i, err)
+		}
+		msgs[i] = m
+	}
+	infos := make([]Info, len(tasks))
+	errs := make([]error, len(tasks))
+	futures := make(chan int, p.window)
+	acks := make([]jetstream.PubAckFuture, len(tasks))
+	done := make(chan struct{})
+	// The collector owns the futures: it waits for each in order and frees
+	// its slot in the window.
+	go func() {
+		defer close(done)
+		for i := range futures {
+			select {
+			case a := <-acks[i].Ok():
+				infos[i] = Info{ID: tasks[i].ID, Queue: tasks[i].Queue, Sequence: a.Sequence, Duplicate: a.Duplicate}
+			case err := <-acks[i].Err():
+				errs[i] = fmt.Errorf("enqueue %s: %w", tasks[i].ID, err)
+			case <-ctx.Done():
+				errs[i] = fmt.Errorf("enqueue %s: %w", tasks[i].ID, ctx.Err())
+			}
+		}
+	}()
+	for i, m := range msgs {
+		if err := ctx.Err(); err != nil {
+			errs[i] = fmt.Errorf("enqueue %s: %w", tasks[i].ID, err)
+			continue
+		}
+		f, err := p.js.PublishMsgAsync(m, jetstream.WithStallWait(time.Minute))
+		if err != nil {
+			errs[i] = fmt.Errorf("enqueue %s: %w", tasks[i].ID, err)
+			continue
+		}
+		acks[i] = f
+		futures <- i // blocks while the window is full
+	}
+	close(futures)
+	<-done
+	failed := false
+	for i, err := range errs {
+		if err != nil {
+			failed = true
+			p.forget(tasks[i])
+		}
+	}
+	if failed {
+		return infos, &BatchError{Errs: errs}
+	}
+	return infos, nil
+}
+
+// prepare validates the task, applies opts, records it as queued if it
+// asks for a record, and builds its message.
+func (p *Producer) prepare(ctx context.Context, t *forq.Task, opts []Option) (*nats.Msg, error) {
+	for _, o := range opts {
+		if err := o(t); err != nil {
+			return nil, err
+		}
+	}
+	if err := t.Validate(); err != nil {
+		return nil, err
+	}
+	m := nats.NewMsg(forq.TaskSubject(t.Queue))
+	m.Data = t.Payload
+	m.Header.Set(forq.HeaderID, t.ID)
+	m.Header.Set(forq.HeaderType, t.Type)
+	m.Header.Set(forq.HeaderMaxAttempts, strconv.Itoa(t.MaxAttempts))
+	if t.Timeout > 0 {
+		m.Header.Set(forq.HeaderTimeout, t.Timeout.String())
+	}
+	if t.Record {
+		m.Header.Set(forq.HeaderRecord, "1")
+	}
+	if max := p.nc.MaxPayload(); max > 0 {
+		size := int64(len(m.Data)) + headerSize(m.Header) + int64(len(m.Subject))
+		if size > max {
+			return nil, fmt.Errorf("%w: task %s is %d bytes with its headers; the broker accepts at most %d", forq.ErrPayloadTooLarge, t.ID, size, max)
+		}
+	}
+	if t.Record {
+		b, _ := json.Marshal(forq.Result{ID: t.ID, Queue: t.Queue, Type: t.Type, State: forq.StateQueued})
+		if _, err := p.results.Create(ctx, t.ID, b); err != nil && !errors.Is(err, jetstream.ErrKeyExists) {
+			return nil, fmt.Errorf("enqueue %s: record: %w", t.ID, err)
+		}
+	}
+	return m, nil
+}
+
+// forget removes the queued record of a task whose enqueue failed, so that
+// nobody waits for a task that does not exist.
+func (p *Producer) forget(t forq.Task) {
+	if !t.Record || t.ID == "" {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if e, err := p.results.Get(ctx, t.ID); err == nil {
+		var r forq.Result
+		if json.Unmarshal(e.Value(), &r) == nil && r.State == forq.StateQueued {
+			_ = p.results.Delete(ctx, t.ID, jetstream.LastRevision(e.Revision()))
+		}
+	}
+}
+
+func headerSize(h nats.Header) int64 {
+	n := int64(len("NATS/1.0\r\n\r\n"))
+	for k, vs := range h {
+		for _, v := range vs {
+			n += int64(len(k) + len(v) + 4)
+		}
+	}
+	return n
+}
+
+// Result returns the recorded result of task id as it is now. The error
+// wraps forq.ErrResultNotFound when there is none.
+func (p *Producer) Result(ctx context.Context, id string) (*forq.Result, error) {
+	e, err := p.results.Get(ctx, id)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return nil, fmt.Errorf("result %s: %w", id, forq.ErrResultNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("result %s: %w", id, err)
+	}
+	return decode(id, e.Value())
+}
+
+// Wait blocks until task id reaches a final state (succeeded, dead or
+// canceled) and returns its result. It watches the result's key, so it does
+// not poll. The task must have been enqueued WithRecord, or Wait sees only
+// a failure; bound it with ctx. A result whose state is not
+// forq.StateSucceeded is returned with a nil error: look at its State.
+func (p *Producer) Wait(ctx context.Context, id string) (*forq.Result, error) {
+	w, err := p.results.Watch(ctx, id)
+	if err != nil {
+		return nil, fmt.Errorf("wait %s: %w", id, err)
+	}
+	defer w.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("wait %s: %w", id, ctx.Err())
+		case e, ok := <-w.Updates():
+			if !ok {
+				return nil, fmt.Errorf("wait %s: watch closed", id)
+			}
+			if e == nil || e.Operation() != jetstream.KeyValuePut {
+				continue // end of the initial values, or a delete
+			}
+			r, err := decode(id, e.Value())
+			if err != nil {
+				return nil, err
+			}
+			if r.State.Final() {
+				return r, nil
+			}
+		}
+	}
+}
+
+func decode(id string, b []byte) (*forq.Result, error) {
+	var r forq.Result
+	if err := json.Unmarshal(b, &r); err != nil {
+		return nil, fmt.Errorf("result %s: malformed record: %w", id, err)
+	}
+	return &r, nil
+}
