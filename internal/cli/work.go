@@ -1,0 +1,112 @@
+package cli
+
+import (
+	"context"
+	"errors"
+
+	"os"
+	"strconv"
+	"time"
+
+	"github.com/forqhq/forq/consumer"
+	"github.com/nats-io/nats.go"
+)
+
+// exitRecycle is the exit code of a worker that ran --max-tasks tasks: its
+// supervisor replaces it at once (pool.ExitRecycle).
+const exitRecycle = 100
+
+// WorkerFlags configure a worker process; "forq pool" passes them on to
+// its children.
+type WorkerFlags struct {
+	Queue       []string      `short:"q" default:"default" help:"Queue(s) to pull from, comma-separated."`
+	Concurrency int           `short:"c" default:"1" help:"Tasks run at once in this process."`
+	AckWait     time.Duration `default:"30s" help:"Time without an ack or heartbeat before the broker redelivers a task, when this worker creates the queue's consumer."`
+	Grace       time.Duration `default:"10s" help:"On SIGTERM/SIGINT: how long running tasks may finish before they are canceled and redelivered."`
+	RetryBase   time.Duration `default:"1s" help:"Back-off before the 2nd attempt; doubles per attempt, with jitter."`
+	RetryMax    time.Duration `default:"5m" help:"Longest back-off between attempts."`
+	MaxTasks    int           `default:"0" help:"Exit (code 100, so a pool replaces it) after this many tasks; 0 is no limit."`
+}
+
+// WorkCmd is "forq work".
+type WorkCmd struct {
+	ConnFlags     `embed:""`
+	TopologyFlags `embed:""`
+	WorkerFlags   `embed:""`
+}
+
+// Run runs a worker until SIGINT or SIGTERM.
+func (c *WorkCmd) Run(env *Env) error {
+	if err := validateQueues(c.Queue); err != nil {
+		return err
+	}
+	if c.Concurrency < 1 {
+		return usageErr("--concurrency %d: must be at least 1", c.Concurrency)
+	}
+	if c.MaxTasks < 0 {
+		return usageErr("--max-tasks %d: must not be negative", c.MaxTasks)
+	}
+	nc, err := c.connect("forq work "+strconv.Itoa(os.Getpid()), env.Log)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	return runWorker(env, nc, c.WorkerFlags, c.TopologyFlags, func(w *consumer.Worker) {
+		for name, b := range builtins {
+			w.Handle(name, b.handler)
+		}
+	})
+}
+
+// runWorker runs a worker with the handlers register adds until a signal.
+// A worker whose pool supervisor died (it gets SIGTERM as its parent-death
+// signal) stops at once instead of draining: nobody would replace it.
+func runWorker(env *Env, nc *nats.Conn, f WorkerFlags, tf TopologyFlags, register func(*consumer.Worker)) error {
+	ctx, stop := signalContext()
+	defer stop()
+	w, err := consumer.New(ctx, nc, consumer.Config{
+		Queues: f.Queue, Concurrency: f.Concurrency, AckWait: f.AckWait, Grace: f.Grace,
+		RetryBase: f.RetryBase, RetryMax: f.RetryMax, MaxTasks: f.MaxTasks,
+		Logger: env.Log, Replicas: tf.Replicas, ResultTTL: tf.ResultTTL,
+	})
+	if err != nil {
+		return err
+	}
+	register(w)
+	env.Log.Info("worker started", "pid", os.Getpid(), "queues", f.Queue, "concurrency", f.Concurrency, "types", w.Types())
+	// Watch for the supervisor's death while running.
+	runCtx, cancelRun := context.WithCancel(ctx)
+	defer cancelRun()
+	watchDone := make(chan struct{})
+	go func() {
+		defer close(watchDone)
+		<-runCtx.Done()
+		if orphaned() {
+			env.Log.Warn("the pool supervisor is gone: stopping now; running tasks are redelivered")
+			w.Abort()
+		}
+	}()
+	err = w.Run(runCtx)
+	cancelRun()
+	<-watchDone
+	if errors.Is(err, consumer.ErrMaxTasks) {
+		env.Log.Info("worker ran its maximum number of tasks; exiting to be replaced", "max_tasks", f.MaxTasks)
+		return &exitError{code: exitRecycle}
+	}
+	if err != nil {
+		return err
+	}
+	env.Log.Info("worker stopped", "processed", w.Processed())
+	return nil
+}
+
+// orphaned reports whether this process was started by a pool supervisor
+// that has since died.
+func orphaned() bool {
+	s := os.Getenv("FORQ_POOL_PID")
+	if s == "" {
+		return false
+	}
+	pid, err := strconv.Atoi(s)
+	return err == nil && os.Getppid() != pid
+}
