@@ -1,0 +1,278 @@
+// Package e2e tests forq as users run it: built binaries in separate OS
+// processes, real signals, a real broker process.
+package e2e
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// bin holds the binaries built for the tests: forq, producer, worker.
+var bin = map[string]string{}
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "forq-e2e-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	for name, pkg := range map[string]string{
+		"forq":     "github.com/forqhq/forq/cmd/forq",
+		"producer": "github.com/forqhq/forq/examples/producer",
+		"worker":   "github.com/forqhq/forq/examples/worker",
+	} {
+		out := filepath.Join(dir, name)
+		cmd := exec.Command("go", "build", "-o", out, pkg)
+		cmd.Stderr = os.Stderr
+		if err := cmd.Run(); err != nil {
+			fmt.Fprintf(os.Stderr, "build %s: %v\n", pkg, err)
+			os.RemoveAll(dir)
+			os.Exit(1)
+		}
+		bin[name] = out
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	if left := children(os.Getpid()); len(left) > 0 && code == 0 {
+		fmt.Fprintf(os.Stderr, "tests left processes behind: %v\n", left)
+		code = 1
+	}
+	os.Exit(code)
+}
+
+// children lists the live processes whose parent is pid, read from /proc.
+func children(pid int) []string {
+	var out []string
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		if _, err := strconv.Atoi(e.Name()); err != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
+		if err != nil {
+			continue
+		}
+		s := string(b)
+		rest := s[strings.LastIndexByte(s, ')')+2:]
+		f := strings.Fields(rest)
+		if len(f) > 1 && f[1] == strconv.Itoa(pid) && f[0] != "Z" {
+			out = append(out, e.Name()+" "+s[:strings.LastIndexByte(s, ')')+1])
+		}
+	}
+	return out
+}
+
+// proc is a process started by a test, with its output captured.
+type proc struct {
+	t    *testing.T
+	name string
+	cmd  *exec.Cmd
+	mu   sync.Mutex
+	out  bytes.Buffer // stdout
+	errb bytes.Buffer // stderr
+	done chan struct{}
+	err  error
+}
+
+type lockedWriter struct {
+	mu *sync.Mutex
+	b  *bytes.Buffer
+}
+
+func (w lockedWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.b.Write(p)
+}
+
+// start runs binary name with args and env; the test's cleanup kills it.
+func start(t *testing.T, name string, env []string, args ...string) *proc {
+	t.Helper()
+	p := &proc{t: t, name: name, done: make(chan struct{})}
+	p.cmd = exec.Command(bin[name], args...)
+	p.cmd.Env = append(os.Environ(), env...)
+	p.cmd.Stdout = lockedWriter{&p.mu, &p.out}
+	p.cmd.Stderr = lockedWriter{&p.mu, &p.errb}
+	if err := p.cmd.Start(); err != nil {
+		t.Fatalf("start %s: %v", name, err)
+	}
+	go func() {
+		p.err = p.cmd.Wait()
+		close(p.done)
+	}()
+	t.Cleanup(func() {
+		p.signal(syscall.SIGKILL)
+		<-p.done
+		if t.Failed() {
+			t.Logf("%s %v stderr (last 3000 bytes):\n%s", name, args, tail(p.stderr(), 3000))
+		}
+	})
+	return p
+}
+
+func tail(s string, n int) string {
+	if len(s) > n {
+		return s[len(s)-n:]
+	}
+	return s
+}
+
+func (p *proc) signal(sig syscall.Signal) {
+	select {
+	case <-p.done:
+	default:
+		_ = p.cmd.Process.Signal(sig)
+	}
+}
+
+func (p *proc) stdout() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.out.String()
+}
+
+func (p *proc) stderr() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.errb.String()
+}
+
+// wait waits for the process to exit and returns its exit code.
+func (p *proc) wait(d time.Duration) int {
+	p.t.Helper()
+	select {
+	case <-p.done:
+	case <-time.After(d):
+		p.t.Fatalf("%s still running after %s; stderr:\n%s", p.name, d, tail(p.stderr(), 3000))
+	}
+	return p.cmd.ProcessState.ExitCode()
+}
+
+// lines returns the stdout lines that start with prefix, without it.
+func (p *proc) lines(prefix string) []string {
+	var out []string
+	sc := bufio.NewScanner(strings.NewReader(p.stdout()))
+	for sc.Scan() {
+		if rest, ok := strings.CutPrefix(sc.Text(), prefix); ok {
+			out = append(out, strings.Fields(rest)[0])
+		}
+	}
+	return out
+}
+
+// run runs the forq binary to its end and returns its exit code, stdout and
+// stderr.
+func run(t *testing.T, stdin io.Reader, env []string, args ...string) (int, string, string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin["forq"], args...)
+	cmd.Env = append(os.Environ(), env...)
+	cmd.Stdin = stdin
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	if err != nil && cmd.ProcessState == nil {
+		t.Fatalf("forq %v: %v", args, err)
+	}
+	return cmd.ProcessState.ExitCode(), out.String(), errb.String()
+}
+
+func eventually(t *testing.T, d time.Duration, cond func() bool, format string, args ...any) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf(format, args...)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// broker is a "forq broker" process.
+type broker struct {
+	*proc
+	url  string
+	dir  string
+	port int
+}
+
+// startBroker runs "forq broker" on port (0: a free one) with its data in
+// dir ("": a new temporary directory) and waits until it is ready.
+func startBroker(t *testing.T, dir string, port int) *broker {
+	t.Helper()
+	if dir == "" {
+		dir = t.TempDir()
+	}
+	if port == 0 {
+		port = freePort(t)
+	}
+	p := start(t, "forq", nil, "broker", "--data-dir", dir, "--port", strconv.Itoa(port))
+	url := fmt.Sprintf("nats://127.0.0.1:%d", port)
+	eventually(t, 20*time.Second, func() bool { return strings.Contains(p.stdout(), "NATS with JetStream at "+url) },
+		"broker did not report ready; stdout %q stderr %q", p.stdout(), p.stderr())
+	return &broker{proc: p, url: url, dir: dir, port: port}
+}
+
+// js connects to the broker for inspection, as an operator would.
+func (b *broker) js(t *testing.T) jetstream.JetStream {
+	t.Helper()
+	nc, err := nats.Connect(b.url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return js
+}
+
+// streamMsgs returns how many messages stream holds on subject.
+func streamMsgs(t *testing.T, js jetstream.JetStream, stream, subject string) uint64 {
+	t.Helper()
+	s, err := js.Stream(t.Context(), stream)
+	if err != nil {
+		t.Fatalf("stream %s: %v", stream, err)
+	}
+	i, err := s.Info(t.Context(), jetstream.WithSubjectFilter(subject))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if subject == "" {
+		return i.State.Msgs
+	}
+	var n uint64
+	for _, c := range i.State.Subjects {
+		n += c
+	}
+	return n
+}
+
