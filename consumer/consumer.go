@@ -462,6 +462,10 @@ func (w *Worker) process(hard context.Context, queue string, ackWait time.Durati
 	if errors.Is(err, errStopping) {
 		// Stopped before it finished: redeliver at once, elsewhere.
 		log.Info("task interrupted by shutdown; redelivering")
+		if record {
+			res.State, res.StartedAt, res.FinishedAt = forq.StateQueued, time.Time{}, time.Time{}
+			w.put(log, &res)
+		}
 		_ = m.Nak()
 		return
 	}

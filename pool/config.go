@@ -152,6 +152,9 @@ type Config struct {
 	// stream = "stdout" or "stderr") instead of the prefixed text on Stdout
 	// and Stderr. It requires Logger.
 	StructuredOutput bool
+	// NoPrefix passes the children's output lines through unchanged, for
+	// children that say who they are themselves.
+	NoPrefix bool
 }
 
 // withDefaults returns a copy of c with the defaults filled in, or an error

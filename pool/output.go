@@ -24,13 +24,17 @@ type output struct {
 	stderr     io.Writer
 	logger     *slog.Logger
 	structured bool
+	noPrefix   bool
 }
 
 // copyLines reads r to its end or first error and passes each line to
 // o.emit. A last line without a newline is passed too.
 func (o *output) copyLines(r io.Reader, index, pid int, stream string) {
 	br := bufio.NewReaderSize(r, maxLine)
-	prefix := []byte("[" + strconv.Itoa(index) + " " + strconv.Itoa(pid) + "] ")
+	var prefix []byte
+	if !o.noPrefix {
+		prefix = []byte("[" + strconv.Itoa(index) + " " + strconv.Itoa(pid) + "] ")
+	}
 	for {
 		line, err := br.ReadSlice('\n')
 		if len(line) > 0 {

@@ -52,6 +52,7 @@ func New(cfg Config) (*Supervisor, error) {
 			stderr:     c.Stderr,
 			logger:     c.Logger,
 			structured: c.StructuredOutput,
+			noPrefix:   c.NoPrefix,
 		},
 		children: make(map[int]Child),
 	}, nil

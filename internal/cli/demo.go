@@ -2,7 +2,11 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"strconv"
+
+	"github.com/forqhq/forq/pool"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -23,6 +27,11 @@ type DemoCmd struct {
 	Queue       DemoQueueCmd       `cmd:"" help:"Queue: a writer process puts A, B, C; a reader process gets them; the parent terminates the reader."`
 	QueueWriter DemoQueueWriterCmd `cmd:"" hidden:"" help:"The writer process of the queue demo."`
 	QueueReader DemoQueueReaderCmd `cmd:"" hidden:"" help:"The reader process of the queue demo."`
+
+	Process      DemoProcessCmd      `cmd:"" help:"Process: start one child process for one task and join it."`
+	ProcessChild DemoProcessChildCmd `cmd:"" hidden:"" help:"The child process of the process demo."`
+	Pool         DemoPoolCmd         `cmd:"" help:"Pool(4): five long_time_task tasks over four worker processes, then close and join."`
+	PoolWorker   DemoPoolWorkerCmd   `cmd:"" hidden:"" help:"A worker process of the pool demo."`
 }
 
 const demoQueue = "demo"
@@ -186,4 +195,200 @@ func (c *DemoQueueReaderCmd) Run(env *Env) error {
 		return nil, nil
 	})
 	return w.Run(ctx)
+}
+
+// DemoProcessCmd is "forq demo process": the tutorial's Process example.
+type DemoProcessCmd struct{}
+
+// Run starts one worker process for one task and joins it.
+func (c *DemoProcessCmd) Run(env *Env) error {
+	s, stop, err := demoBroker()
+	if err != nil {
+		return err
+	}
+	defer stop()
+	fmt.Fprintf(env.Stdout, "Parent process %d.\n", os.Getpid())
+	if err := demoEnqueue(s.ClientURL(), forq.Task{Queue: demoQueue, Type: "run_proc", Payload: []byte("test")}); err != nil {
+		return err
+	}
+	p, err := self(env, "--log-level=warn", "demo", "process-child", "--url", s.ClientURL())
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(env.Stdout, "Child process will start.")
+	if err := p.Start(); err != nil { // p.start()
+		return err
+	}
+	if err := p.Wait(); err != nil { // p.join()
+		return fmt.Errorf("child: %w", err)
+	}
+	fmt.Fprintln(env.Stdout, "Child process end.")
+	return nil
+}
+
+// DemoProcessChildCmd is the child of the process demo: it runs one task.
+type DemoProcessChildCmd struct {
+	URL string `required:"" help:"Broker URL."`
+}
+
+// Run runs one run_proc task and exits.
+func (c *DemoProcessChildCmd) Run(env *Env) error {
+	return demoWorker(env, c.URL, 1, "run_proc", func(t *consumer.Task) {
+		fmt.Fprintf(env.Stdout, "Run child process %s (%d)...\n", t.Payload, os.Getpid())
+	})
+}
+
+// DemoPoolCmd is "forq demo pool": the tutorial's Pool(4) example.
+type DemoPoolCmd struct {
+	Workers int `short:"n" default:"4" help:"Worker processes (the tutorial's Pool(4))."`
+	Tasks   int `default:"5" help:"long_time_task tasks to run."`
+}
+
+// Run starts a pool, applies the tasks, then closes and joins it.
+func (c *DemoPoolCmd) Run(env *Env) error {
+	if c.Workers < 1 || c.Tasks < 0 {
+		return usageErr("--workers must be at least 1 and --tasks not negative")
+	}
+	s, stop, err := demoBroker()
+	if err != nil {
+		return err
+	}
+	defer stop()
+	fmt.Fprintf(env.Stdout, "Parent process %d.\n", os.Getpid())
+	exe, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	nc, err := nats.Connect(s.ClientURL())
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	ctx, cancel := signalContext()
+	defer cancel()
+	backlog, err := queueBacklog(ctx, nc, []string{demoQueue}, 0, TopologyFlags{})
+	if err != nil {
+		return err
+	}
+	// p = Pool(4)
+	sup, err := pool.New(pool.Config{
+		Size:     c.Workers,
+		Command:  []string{exe, "--log-level=warn", "demo", "pool-worker", "--url", s.ClientURL()},
+		Stdout:   env.Stdout,
+		Stderr:   env.Stderr,
+		NoPrefix: true,
+	})
+	if err != nil {
+		return err
+	}
+	poolCtx, closePool := context.WithCancel(ctx)
+	defer closePool()
+	runErr := make(chan error, 1)
+	go func() { runErr <- sup.Run(poolCtx) }()
+	// Apply the tasks once every worker waits for one, as the tutorial's
+	// pool is ready when apply_async is called.
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return err
+	}
+	for ready := false; !ready; {
+		if cons, err := js.Consumer(ctx, forq.StreamTasks, demoQueue); err == nil {
+			if i, err := cons.Info(ctx); err == nil && i.NumWaiting >= c.Workers {
+				ready = true
+			}
+		}
+		select {
+		case err := <-runErr:
+			return fmt.Errorf("pool stopped before it was ready: %v", err)
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	for i := range c.Tasks { // p.apply_async(long_time_task, args=(i,))
+		if err := demoEnqueue(s.ClientURL(), forq.Task{Queue: demoQueue, Type: "long_time_task", Payload: []byte(strconv.Itoa(i))}); err != nil {
+			return err
+		}
+	}
+	fmt.Fprintln(env.Stdout, "Waiting for all subprocesses done...")
+	// p.close(); p.join(): stop the pool once the queue is drained.
+	for {
+		n, err := backlog(ctx)
+		if err == nil && n == 0 {
+			break
+		}
+		select {
+		case err := <-runErr:
+			return fmt.Errorf("pool stopped early: %v", err)
+		case <-ctx.Done():
+			closePool()
+			return <-runErr
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	closePool()
+	if err := <-runErr; err != nil {
+		return err
+	}
+	fmt.Fprintln(env.Stdout, "All subprocesses done.")
+	return nil
+}
+
+// DemoPoolWorkerCmd is a worker of the pool demo.
+type DemoPoolWorkerCmd struct {
+	URL string `required:"" help:"Broker URL."`
+}
+
+// Run runs long_time_task tasks until terminated.
+func (c *DemoPoolWorkerCmd) Run(env *Env) error {
+	return demoWorker(env, c.URL, 0, "long_time_task", nil)
+}
+
+// demoWorker runs a worker of one task type on the demo queue. With
+// maxTasks > 0 it exits 0 after that many tasks. long_time_task sleeps a
+// random 0–3 s, printing as the tutorial does; other types call do.
+func demoWorker(env *Env, url string, maxTasks int, typ string, do func(*consumer.Task)) error {
+	nc, err := nats.Connect(url)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	ctx, stop := signalContext()
+	defer stop()
+	w, err := consumer.New(ctx, nc, consumer.Config{Queues: []string{demoQueue}, MaxTasks: maxTasks, Logger: env.Log})
+	if err != nil {
+		return err
+	}
+	w.HandleFunc(typ, func(ctx context.Context, t *consumer.Task) ([]byte, error) {
+		if do != nil {
+			do(t)
+			return nil, nil
+		}
+		fmt.Fprintf(env.Stdout, "Run task %s (%d)...\n", t.Payload, os.Getpid())
+		start := time.Now()
+		select {
+		case <-time.After(time.Duration(rand.Float64() * 3 * float64(time.Second))):
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		fmt.Fprintf(env.Stdout, "Task %s runs %0.2f seconds.\n", t.Payload, time.Since(start).Seconds())
+		return nil, nil
+	})
+	err = w.Run(ctx)
+	if errors.Is(err, consumer.ErrMaxTasks) {
+		return nil
+	}
+	return err
+}
+
+func demoEnqueue(url string, t forq.Task) error {
+	nc, err := nats.Connect(url)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	p, err := producer.New(context.Background(), nc, producer.Config{})
+	if err != nil {
+		return err
+	}
+	_, err = p.Enqueue(context.Background(), t)
+	return err
 }

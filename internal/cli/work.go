@@ -78,16 +78,33 @@ func runWorker(env *Env, nc *nats.Conn, f WorkerFlags, tf TopologyFlags, registe
 	runCtx, cancelRun := context.WithCancel(ctx)
 	defer cancelRun()
 	watchDone := make(chan struct{})
+	runDone := make(chan struct{})
 	go func() {
 		defer close(watchDone)
-		<-runCtx.Done()
-		if orphaned() {
-			env.Log.Warn("the pool supervisor is gone: stopping now; running tasks are redelivered")
-			w.Abort()
+		select {
+		case <-runCtx.Done():
+		case <-runDone:
+			return
+		}
+		// The parent-death signal can arrive before this process has been
+		// reparented, so keep looking while the drain goes on.
+		tick := time.NewTicker(20 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			if orphaned() {
+				env.Log.Warn("the pool supervisor is gone: stopping now; running tasks are redelivered")
+				w.Abort()
+				return
+			}
+			select {
+			case <-tick.C:
+			case <-runDone:
+				return
+			}
 		}
 	}()
 	err = w.Run(runCtx)
-	cancelRun()
+	close(runDone)
 	<-watchDone
 	if errors.Is(err, consumer.ErrMaxTasks) {
 		env.Log.Info("worker ran its maximum number of tasks; exiting to be replaced", "max_tasks", f.MaxTasks)

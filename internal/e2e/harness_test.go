@@ -275,4 +275,3 @@ func streamMsgs(t *testing.T, js jetstream.JetStream, stream, subject string) ui
 	}
 	return n
 }
-
