@@ -21,4 +21,10 @@ var (
 	// ErrTaskFailed means a task ended without success: it was dead-lettered
 	// or canceled. A Result with that state carries the task's own error.
 	ErrTaskFailed = errors.New("task failed")
+	// ErrCanceled is the cause of a canceled task's context, and the error
+	// recorded for it.
+	ErrCanceled = errors.New("task canceled")
+	// ErrFinished means a task cannot be canceled: it has already
+	// finished.
+	ErrFinished = errors.New("task already finished")
 )

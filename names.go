@@ -15,6 +15,10 @@ const (
 	StreamDead = "FORQ_DEAD"
 	// BucketResults is the KV bucket of task results, keyed by task ID.
 	BucketResults = "forq_results"
+	// BucketCancel is the KV bucket of cancel requests, keyed by task ID.
+	// Every worker watches it: a queued task found in it is dropped, a
+	// running one has its context canceled.
+	BucketCancel = "forq_cancel"
 
 	// SubjectTasksPrefix prefixes a queue's task subject: forq.tasks.<queue>.
 	SubjectTasksPrefix = "forq.tasks."

@@ -127,11 +127,13 @@ type Worker struct {
 	claimed   atomic.Int64 // tasks fetched toward MaxTasks
 	processed atomic.Int64
 
-	mu      sync.Mutex
-	running map[*run]struct{}
+	mu       sync.Mutex
+	running  map[*run]struct{}
+	canceled map[string]struct{} // task IDs with a cancel request
 }
 
 type run struct {
+	id     string
 	cancel context.CancelCauseFunc
 }
 
@@ -191,6 +193,7 @@ func New(ctx context.Context, nc *nats.Conn, cfg Config) (*Worker, error) {
 		handlers: map[string]Handler{},
 		slots:    make(chan struct{}, cfg.Concurrency),
 		running:  map[*run]struct{}{},
+		canceled: map[string]struct{}{},
 	}, nil
 }
 
@@ -240,15 +243,26 @@ func (w *Worker) Run(ctx context.Context) error {
 	// Handlers run under hard, which outlives ctx by the grace period.
 	hard, cancelHard := context.WithCancelCause(context.WithoutCancel(ctx))
 	defer cancelHard(nil)
-	var fetchers, tasks sync.WaitGroup
+	// Cancel requests are watched for as long as handlers may run; the
+	// requests made before this worker started are loaded before it
+	// fetches anything.
+	var watcher sync.WaitGroup
+	defer watcher.Wait()
+	defer cancelHard(nil)
+	if err := w.watchCancels(ctx, hard, &watcher); err != nil {
+		return fmt.Errorf("consumer: %w", err)
+	}
+	d := &dispatcher{w: w, hard: hard, jobs: make(chan job)}
+	var fetchers sync.WaitGroup
 	for i, c := range cons {
-		fetchers.Go(func() { w.fetchLoop(ctx, hard, w.cfg.Queues[i], c, &tasks) })
+		fetchers.Go(func() { w.fetchLoop(ctx, d, w.cfg.Queues[i], c) })
 	}
 	fetchers.Wait()
+	close(d.jobs)
 
 	// No more fetching. Let running handlers finish within the grace.
 	done := make(chan struct{})
-	go func() { tasks.Wait(); close(done) }()
+	go func() { d.runners.Wait(); close(done) }()
 	if ctx.Err() != nil {
 		w.log.Info("stopping: waiting for running tasks", "grace", w.cfg.Grace)
 	}
@@ -276,9 +290,58 @@ func (w *Worker) Abort() {
 	}
 }
 
-// fetchLoop pulls tasks of one queue while ctx lives, starting each in its
-// own goroutine counted by tasks. Each task holds a slot.
-func (w *Worker) fetchLoop(ctx, hard context.Context, queue string, c jetstream.Consumer, tasks *sync.WaitGroup) {
+// job is one delivery for a runner to process.
+type job struct {
+	queue   string
+	ackWait time.Duration
+	m       jetstream.Msg
+}
+
+// dispatcher hands fetched tasks to runner goroutines. A runner processes
+// a task, releases its slot and waits for the next one, so that a busy
+// worker does not start (and grow the stack of) a goroutine per task.
+// There are at most Concurrency runners; they exit when jobs is closed.
+type dispatcher struct {
+	w *Worker
+	// hard is Run's context for handlers; the dispatcher lives only
+	// inside Run, which owns it.
+	hard    context.Context
+	jobs    chan job
+	n       atomic.Int64 // runners started
+	runners sync.WaitGroup
+}
+
+// dispatch runs j on an idle runner, or on a new one while there are fewer
+// than Concurrency. j holds a slot, so at most Concurrency-1 runners are
+// busy and a blocking send finds a runner soon.
+func (d *dispatcher) dispatch(j job) {
+	select {
+	case d.jobs <- j:
+		return
+	default:
+	}
+	if d.n.Add(1) <= int64(cap(d.w.slots)) {
+		d.runners.Go(func() { d.run(j) })
+		return
+	}
+	d.n.Add(-1)
+	d.jobs <- j
+}
+
+func (d *dispatcher) run(j job) {
+	for {
+		d.w.process(d.hard, j.queue, j.ackWait, j.m)
+		d.w.release(1)
+		var ok bool
+		if j, ok = <-d.jobs; !ok {
+			return
+		}
+	}
+}
+
+// fetchLoop pulls tasks of one queue while ctx lives and dispatches each
+// to a runner. Each task holds a slot.
+func (w *Worker) fetchLoop(ctx context.Context, d *dispatcher, queue string, c jetstream.Consumer) {
 	ackWait := c.CachedInfo().Config.AckWait
 	backoff := 100 * time.Millisecond
 	for ctx.Err() == nil {
@@ -322,10 +385,7 @@ func (w *Worker) fetchLoop(ctx, hard context.Context, queue string, c jetstream.
 				w.release(1)
 				continue
 			}
-			tasks.Go(func() {
-				defer w.release(1)
-				w.process(hard, queue, ackWait, m)
-			})
+			d.dispatch(job{queue: queue, ackWait: ackWait, m: m})
 		}
 		w.unclaim(k - n)
 		w.release(k - n)
@@ -397,7 +457,7 @@ func (w *Worker) process(hard context.Context, queue string, ackWait time.Durati
 			t.ID = "seq-" + strconv.FormatUint(md.Sequence.Stream, 10)
 		}
 	}
-	log := w.log.With("task", t.ID, "queue", queue, "type", t.Type, "attempt", t.Attempt, "pid", w.pid)
+	log := &taskLog{w: w, t: t}
 	record := t.Header.Get(forq.HeaderRecord) == "1"
 
 	var timeout time.Duration
@@ -430,6 +490,10 @@ func (w *Worker) process(hard context.Context, queue string, ackWait time.Durati
 		return
 	}
 
+	if w.isCanceled(t.ID) {
+		w.dropCanceled(log, t, &res)
+		return
+	}
 	h, ok := w.handlers[t.Type]
 	var out []byte
 	var err error
@@ -454,14 +518,21 @@ func (w *Worker) process(hard context.Context, queue string, ackWait time.Durati
 			}
 		}
 		if err := m.Ack(); err != nil {
-			log.Warn("ack failed; the task will be redelivered", "err", err)
+			log.get().Warn("ack failed; the task will be redelivered", "err", err)
 		}
-		log.Debug("task succeeded", "duration", res.FinishedAt.Sub(res.StartedAt))
+		if w.log.Enabled(context.Background(), slog.LevelDebug) {
+			log.get().Debug("task succeeded", "duration", res.FinishedAt.Sub(res.StartedAt))
+		}
+		return
+	}
+	res.Result = out
+	if errors.Is(err, forq.ErrCanceled) {
+		w.dropCanceled(log, t, &res)
 		return
 	}
 	if errors.Is(err, errStopping) {
 		// Stopped before it finished: redeliver at once, elsewhere.
-		log.Info("task interrupted by shutdown; redelivering")
+		log.get().Info("task interrupted by shutdown; redelivering")
 		if record {
 			res.State, res.StartedAt, res.FinishedAt = forq.StateQueued, time.Time{}, time.Time{}
 			w.put(log, &res)
@@ -470,6 +541,23 @@ func (w *Worker) process(hard context.Context, queue string, ackWait time.Durati
 		return
 	}
 	w.fail(log, t, &res, err)
+}
+
+// taskLog builds a task's logger when it is first needed: most tasks
+// succeed and log nothing, and slog's With allocates even when the level
+// is off.
+type taskLog struct {
+	w *Worker
+	t *Task
+	l *slog.Logger
+}
+
+func (x *taskLog) get() *slog.Logger {
+	if x.l == nil {
+		t := x.t
+		x.l = x.w.log.With("task", t.ID, "queue", t.Queue, "type", t.Type, "attempt", t.Attempt, "pid", x.w.pid)
+	}
+	return x.l
 }
 
 // runHandler runs h with the task's deadline, heartbeats and panic guard.
@@ -481,9 +569,12 @@ func (w *Worker) runHandler(hard context.Context, t *Task, h Handler, timeout, a
 		ctx, c = context.WithTimeoutCause(ctx, timeout, fmt.Errorf("task timed out after %s", timeout))
 		defer c()
 	}
-	r := &run{cancel: cancel}
+	r := &run{id: t.ID, cancel: cancel}
 	w.mu.Lock()
 	w.running[r] = struct{}{}
+	if _, ok := w.canceled[t.ID]; ok {
+		cancel(forq.ErrCanceled)
+	}
 	w.mu.Unlock()
 	defer func() {
 		w.mu.Lock()
@@ -521,7 +612,7 @@ func (w *Worker) runHandler(hard context.Context, t *Task, h Handler, timeout, a
 	}()
 	out, err = h.Handle(ctx, t)
 	if err != nil && ctx.Err() != nil {
-		if cause := context.Cause(ctx); errors.Is(cause, errStopping) {
+		if cause := context.Cause(ctx); errors.Is(cause, errStopping) || errors.Is(cause, forq.ErrCanceled) {
 			return nil, cause
 		} else if cause != nil && !errors.Is(err, cause) {
 			err = fmt.Errorf("%w: %w", cause, err)
@@ -531,7 +622,7 @@ func (w *Worker) runHandler(hard context.Context, t *Task, h Handler, timeout, a
 }
 
 // fail handles a failed attempt: retry after back-off, or dead-letter.
-func (w *Worker) fail(log *slog.Logger, t *Task, res *forq.Result, err error) {
+func (w *Worker) fail(log *taskLog, t *Task, res *forq.Result, err error) {
 	res.Error = err.Error()
 	if res.FinishedAt.IsZero() {
 		res.FinishedAt = time.Now().UTC()
@@ -540,23 +631,23 @@ func (w *Worker) fail(log *slog.Logger, t *Task, res *forq.Result, err error) {
 		delay := w.backoff(t.Attempt)
 		res.State = forq.StateFailed
 		w.put(log, res)
-		log.Warn("task failed; will retry", "err", err, "retry_in", delay.Round(time.Millisecond))
+		log.get().Warn("task failed; will retry", "err", err, "retry_in", delay.Round(time.Millisecond))
 		if nerr := t.msg.NakWithDelay(delay); nerr != nil {
-			log.Warn("nak failed; the task will be redelivered after the ack wait", "err", nerr)
+			log.get().Warn("nak failed; the task will be redelivered after the ack wait", "err", nerr)
 		}
 		return
 	}
 	if derr := w.deadLetter(t, err); derr != nil {
 		// Keep the task: it is redelivered and dead-lettered again later.
-		log.Error("dead-letter failed; the task stays queued", "err", derr)
+		log.get().Error("dead-letter failed; the task stays queued", "err", derr)
 		_ = t.msg.NakWithDelay(w.backoff(1))
 		return
 	}
 	res.State = forq.StateDead
 	w.put(log, res)
-	log.Error("task dead-lettered", "err", err, "attempts", t.Attempt)
+	log.get().Error("task dead-lettered", "err", err, "attempts", t.Attempt)
 	if aerr := t.msg.Ack(); aerr != nil {
-		log.Warn("ack of dead-lettered task failed", "err", aerr)
+		log.get().Warn("ack of dead-lettered task failed", "err", aerr)
 	}
 }
 
@@ -604,7 +695,7 @@ func (w *Worker) backoff(attempt int) time.Duration {
 }
 
 // put records res; it reports whether the record was written.
-func (w *Worker) put(log *slog.Logger, res *forq.Result) bool {
+func (w *Worker) put(log *taskLog, res *forq.Result) bool {
 	b, err := json.Marshal(res)
 	if err == nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -612,7 +703,7 @@ func (w *Worker) put(log *slog.Logger, res *forq.Result) bool {
 		_, err = w.h.Results.Put(ctx, res.ID, b)
 	}
 	if err != nil {
-		log.Warn("recording the result failed", "state", res.State, "err", err)
+		log.get().Warn("recording the result failed", "state", res.State, "err", err)
 		return false
 	}
 	return true

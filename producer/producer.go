@@ -44,6 +44,7 @@ type Producer struct {
 	nc      *nats.Conn
 	js      jetstream.JetStream
 	results jetstream.KeyValue
+	cancels jetstream.KeyValue
 	window  int
 }
 
@@ -81,7 +82,7 @@ func New(ctx context.Context, nc *nats.Conn, cfg Config) (*Producer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("producer: %w", err)
 	}
-	return &Producer{nc: nc, js: js, results: h.Results, window: cfg.Window}, nil
+	return &Producer{nc: nc, js: js, results: h.Results, cancels: h.Cancel, window: cfg.Window}, nil
 }
 
 // Option changes how a task is enqueued; it overrides the Task's field.

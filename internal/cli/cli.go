@@ -58,7 +58,9 @@ type CLI struct {
 	Pool    PoolCmd    `cmd:"" help:"Run a pool of worker processes (default: one per CPU), restarting crashed ones."`
 	Run     RunCmd     `cmd:"" help:"All in one: the embedded broker and a pool of workers. The quickest way to try forq."`
 	Result  ResultCmd  `cmd:"" help:"Show a task's recorded result."`
+	Cancel  CancelCmd  `cmd:"" help:"Cancel tasks: a queued one never starts, a running one is stopped wherever it runs."`
 	Demo    DemoCmd    `cmd:"" help:"Run the multiprocessing tutorial's examples over the queue with real processes."`
+	Bench   BenchCmd   `cmd:"" help:"Measure forq's throughput, latency and footprint, optionally beside raw JetStream."`
 }
 
 const description = `forq is a durable task queue on NATS JetStream: Python's multiprocessing

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strconv"
@@ -10,6 +11,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"os/exec"
+	"strings"
 	"syscall"
 	"time"
 
@@ -31,6 +33,7 @@ type DemoCmd struct {
 	Process      DemoProcessCmd      `cmd:"" help:"Process: start one child process for one task and join it."`
 	ProcessChild DemoProcessChildCmd `cmd:"" hidden:"" help:"The child process of the process demo."`
 	Pool         DemoPoolCmd         `cmd:"" help:"Pool(4): five long_time_task tasks over four worker processes, then close and join."`
+	Subprocess   DemoSubprocessCmd   `cmd:"" help:"subprocess.call: 'ping -c 4 127.0.0.1' as an exec task on a worker process; prints its exit code."`
 	PoolWorker   DemoPoolWorkerCmd   `cmd:"" hidden:"" help:"A worker process of the pool demo."`
 }
 
@@ -391,4 +394,59 @@ func demoEnqueue(url string, t forq.Task) error {
 	}
 	_, err = p.Enqueue(context.Background(), t)
 	return err
+}
+
+// DemoSubprocessCmd is "forq demo subprocess": the tutorial's
+// subprocess.call example, as an exec task.
+type DemoSubprocessCmd struct{}
+
+// Run runs ping through the queue on a worker process and prints its exit
+// code.
+func (c *DemoSubprocessCmd) Run(env *Env) error {
+	argv := []string{"ping", "-c", "4", "127.0.0.1"}
+	if _, err := exec.LookPath("ping"); err != nil {
+		fmt.Fprintln(env.Stdout, "ping is not installed here (on Debian: apt-get install iputils-ping); running uname -a instead.")
+		argv = []string{"uname", "-a"}
+	}
+	s, stop, err := demoBroker()
+	if err != nil {
+		return err
+	}
+	defer stop()
+	w, err := self(env, "--log-level=warn", "work", "--url", s.ClientURL(), "--queue", demoQueue, "--allow-exec", "--exec-allow", argv[0])
+	if err != nil {
+		return err
+	}
+	if err := w.Start(); err != nil {
+		return err
+	}
+	defer func() { _ = w.Process.Signal(syscall.SIGTERM); _ = w.Wait() }()
+	nc, err := nats.Connect(s.ClientURL())
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	ctx, cancel := signalContext()
+	defer cancel()
+	p, err := producer.New(ctx, nc, producer.Config{})
+	if err != nil {
+		return err
+	}
+	payload, _ := json.Marshal(forq.ExecSpec{Argv: argv})
+	fmt.Fprintf(env.Stdout, "$ %s\n", strings.Join(argv, " "))
+	info, err := p.Enqueue(ctx, forq.Task{Queue: demoQueue, Type: forq.TypeExec, Payload: payload, MaxAttempts: 1, Record: true})
+	if err != nil {
+		return err
+	}
+	r, err := p.Wait(ctx, info.ID) // r = subprocess.call([...])
+	if err != nil {
+		return err
+	}
+	var x forq.ExecResult
+	if err := json.Unmarshal(r.Result, &x); err != nil {
+		return fmt.Errorf("task %s %s: %s", r.ID, r.State, r.Error)
+	}
+	fmt.Fprint(env.Stdout, x.Stdout)
+	fmt.Fprintf(env.Stdout, "Exit code: %d (run by worker process %d)\n", x.ExitCode, r.WorkerPID)
+	return nil
 }

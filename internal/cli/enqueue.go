@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/forqhq/forq"
@@ -20,7 +21,11 @@ type EnqueueCmd struct {
 	ConnFlags     `embed:""`
 	TopologyFlags `embed:""`
 
-	Type        string        `arg:"" help:"Task type: echo and sleep are built in; your workers define others."`
+	Type        string        `arg:"" optional:"" help:"Task type: echo and sleep are built in; your workers define others. Not with --exec."`
+	Exec        bool          `help:"Enqueue an exec task: the command after '--' runs on a worker started with --allow-exec; --wait exits with its exit code."`
+	Env         []string      `help:"With --exec: NAME=value added to the command's environment (repeatable)."`
+	Dir         string        `help:"With --exec: the command's working directory on the worker."`
+	Argv        []string      `arg:"" optional:"" help:"With --exec: the command and its arguments, after '--'."`
 	Payload     *string       `help:"Payload of the task (opaque bytes; JSON by convention)." xor:"source"`
 	File        string        `short:"f" help:"Read the payload from this file, '-' for standard input." xor:"source"`
 	Lines       bool          `help:"With --file: one task per non-empty line."`
@@ -38,6 +43,15 @@ const bulkChunk = 5000
 
 // Run enqueues the task(s).
 func (c *EnqueueCmd) Run(env *Env) error {
+	if c.Exec {
+		if err := c.execPayload(); err != nil {
+			return err
+		}
+	} else if len(c.Argv) > 0 {
+		return usageErr("unexpected arguments %q (a command to run needs --exec)", c.Argv)
+	} else if c.Type == "" {
+		return usageErr(`expected "<type>" (e.g. echo), or --exec -- COMMAND...`)
+	}
 	if err := forq.ValidateType(c.Type); err != nil {
 		return usageErr("%v", err)
 	}
@@ -138,6 +152,13 @@ func (c *EnqueueCmd) Run(env *Env) error {
 				return fmt.Errorf("task %s: no result within --wait-timeout %s (it stays queued; see 'forq result %s')", id, c.WaitTimeout, id)
 			}
 			return err
+		}
+		if code, ok := printExec(env, r); ok {
+			// subprocess.call: the command's exit code is ours.
+			if code != 0 {
+				return &exitError{code: code}
+			}
+			continue
 		}
 		if r.State != forq.StateSucceeded {
 			failed++
@@ -268,7 +289,116 @@ func printResult(w io.Writer, r *forq.Result) {
 	if r.Error != "" {
 		fmt.Fprintf(w, "error:     %s\n", r.Error)
 	}
+	var x forq.ExecResult
+	if r.Type == forq.TypeExec && json.Unmarshal(r.Result, &x) == nil {
+		fmt.Fprintf(w, "exit code: %d\n", x.ExitCode)
+		if x.Signal != "" {
+			fmt.Fprintf(w, "signal:    %s\n", x.Signal)
+		}
+		fmt.Fprintf(w, "duration:  %s\n", x.Duration.Round(time.Microsecond))
+		fmt.Fprintf(w, "stdout:\n%s", indent(x.Stdout))
+		if x.StderrTail != "" {
+			fmt.Fprintf(w, "stderr (tail):\n%s", indent(x.StderrTail))
+		}
+		return
+	}
 	if r.Result != nil {
 		fmt.Fprintf(w, "result:    %s\n", bytes.TrimRight(r.Result, "\n"))
 	}
+}
+
+// execPayload turns --exec's command into the task's type and payload.
+func (c *EnqueueCmd) execPayload() error {
+	argv := c.Argv
+	if c.Type != "" {
+		argv = append([]string{c.Type}, argv...)
+	}
+	if len(argv) > 0 && argv[0] == "--" {
+		argv = argv[1:]
+	}
+	if c.Payload != nil || c.File != "" {
+		return usageErr("--exec takes its command after '--', not --payload or --file")
+	}
+	spec := forq.ExecSpec{Argv: argv, Env: c.Env, Dir: c.Dir}
+	if err := spec.Validate(); err != nil {
+		return usageErr("--exec: %v; put the command after '--', e.g. forq enqueue --exec --wait -- ls -l", err)
+	}
+	b, _ := json.Marshal(spec)
+	payload := string(b)
+	c.Type, c.Payload, c.Argv = forq.TypeExec, &payload, nil
+	return nil
+}
+
+// printExec prints an exec task's outcome as the command would have: its
+// output on stdout, its stderr tail on stderr. It returns the exit code to
+// exit with, and false if r is not an exec task's result.
+func printExec(env *Env, r *forq.Result) (int, bool) {
+	var x forq.ExecResult
+	if r.Type != forq.TypeExec || len(r.Result) == 0 || json.Unmarshal(r.Result, &x) != nil {
+		return 0, false
+	}
+	io.WriteString(env.Stdout, x.Stdout)
+	if x.StdoutTruncated {
+		fmt.Fprintln(env.Stderr, "forq: output truncated at the worker's --exec-max-output")
+	}
+	if r.State != forq.StateSucceeded {
+		io.WriteString(env.Stderr, x.StderrTail)
+		fmt.Fprintf(env.Stderr, "forq: task %s %s after %d attempt(s): %s\n", r.ID, r.State, r.Attempts, r.Error)
+	}
+	switch {
+	case x.SignalNumber > 0:
+		return 128 + x.SignalNumber, true
+	case x.ExitCode != 0:
+		return x.ExitCode, true
+	case r.State != forq.StateSucceeded:
+		return ExitError, true
+	}
+	return 0, true
+}
+
+// CancelCmd is "forq cancel".
+type CancelCmd struct {
+	ConnFlags `embed:""`
+
+	IDs []string `arg:"" name:"id" help:"Task ID(s) to cancel."`
+}
+
+// Run cancels the tasks.
+func (c *CancelCmd) Run(env *Env) error {
+	nc, err := c.connect("forq cancel", env.Log)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	ctx, stop := signalContext()
+	defer stop()
+	p, err := producer.New(ctx, nc, producer.Config{})
+	if err != nil {
+		return err
+	}
+	failed := 0
+	for _, id := range c.IDs {
+		if err := p.Cancel(ctx, id); err != nil {
+			fmt.Fprintf(env.Stderr, "forq cancel: %v\n", err)
+			failed++
+			continue
+		}
+		fmt.Fprintf(env.Stdout, "canceled %s\n", id)
+	}
+	if failed > 0 {
+		return &exitError{code: ExitError}
+	}
+	return nil
+}
+
+func indent(s string) string {
+	if s == "" {
+		return ""
+	}
+	var b strings.Builder
+	for _, l := range strings.SplitAfter(strings.TrimSuffix(s, "\n"), "\n") {
+		b.WriteString("  " + l)
+	}
+	b.WriteString("\n")
+	return b.String()
 }

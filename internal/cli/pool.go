@@ -37,7 +37,7 @@ type PoolCmd struct {
 	WorkerFlags   `embed:""`
 	PoolFlags     `embed:""`
 
-	Command []string `arg:"" optional:"" passthrough:"" help:"Your worker command, after '--'. Default: 'forq work' with this pool's flags."`
+	Command []string `arg:"" optional:"" help:"Your worker command, after '--'. Default: 'forq work' with this pool's flags."`
 }
 
 // Run supervises the workers until SIGINT or SIGTERM.
@@ -125,6 +125,14 @@ func runPool(ctx context.Context, env *Env, cf ConnFlags, tf TopologyFlags, wf W
 			"--replicas", strconv.Itoa(tf.Replicas),
 			"--result-ttl", tf.ResultTTL.String(),
 			"--connect-timeout", cf.ConnectTimeout.String(),
+			"--exec-max-output", wf.ExecMaxOutput,
+			"--exec-kill-grace", wf.ExecKillGrace.String(),
+		}
+		if wf.AllowExec {
+			cfg.Command = append(cfg.Command, "--allow-exec")
+		}
+		if len(wf.ExecAllow) > 0 {
+			cfg.Command = append(cfg.Command, "--exec-allow", strings.Join(wf.ExecAllow, ","))
 		}
 	}
 	// The pool reads the backlog itself when it scales or closes; forq's

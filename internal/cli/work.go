@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/forqhq/forq"
 	"github.com/forqhq/forq/consumer"
 	"github.com/nats-io/nats.go"
 )
@@ -26,6 +27,11 @@ type WorkerFlags struct {
 	RetryBase   time.Duration `default:"1s" help:"Back-off before the 2nd attempt; doubles per attempt, with jitter."`
 	RetryMax    time.Duration `default:"5m" help:"Longest back-off between attempts."`
 	MaxTasks    int           `default:"0" help:"Exit (code 100, so a pool replaces it) after this many tasks; 0 is no limit."`
+
+	AllowExec     bool          `help:"Run exec tasks (any command a producer names!). Off by default."`
+	ExecAllow     []string      `placeholder:"PROG,..." help:"With --allow-exec: the only commands allowed, by the name or path a task gives."`
+	ExecMaxOutput string        `default:"1MiB" help:"Stdout of an exec task kept as its result."`
+	ExecKillGrace time.Duration `default:"5s" help:"When an exec task times out or is canceled: time between SIGTERM and SIGKILL to its process group."`
 }
 
 // WorkCmd is "forq work".
@@ -51,10 +57,20 @@ func (c *WorkCmd) Run(env *Env) error {
 		return err
 	}
 	defer nc.Close()
+	maxOut, err := parseBytes(c.ExecMaxOutput)
+	if err != nil {
+		return usageErr("--exec-max-output: %v", err)
+	}
+	if len(c.ExecAllow) > 0 && !c.AllowExec {
+		return usageErr("--exec-allow needs --allow-exec")
+	}
 	return runWorker(env, nc, c.WorkerFlags, c.TopologyFlags, func(w *consumer.Worker) {
 		for name, b := range builtins {
 			w.Handle(name, b.handler)
 		}
+		w.Handle(forq.TypeExec, consumer.ExecHandler(consumer.ExecConfig{
+			Allow: c.AllowExec, AllowList: c.ExecAllow, MaxOutput: int(maxOut), KillGrace: c.ExecKillGrace,
+		}))
 	})
 }
 

@@ -176,7 +176,7 @@ func TestBadInput(t *testing.T) {
 		code   int
 		stderr string
 	}{
-		{"unknown task type", []string{"enqueue", "nope", "--wait", "--max-attempts", "2"}, 1, `no handler for task type "nope" on this worker (it handles [echo sleep])`},
+		{"unknown task type", []string{"enqueue", "nope", "--wait", "--max-attempts", "2"}, 1, `no handler for task type "nope" on this worker (it handles [echo exec sleep])`},
 		{"payload over max payload", []string{"enqueue", "echo", "--file", big}, 2, "the broker accepts at most 1048576"},
 		{"malformed --payload", []string{"enqueue", "sleep", "--payload", "forever"}, 2, `--payload: sleep payload "forever" is not a duration like 250ms or 2s`},
 		{"malformed line in bulk", []string{"enqueue", "sleep", "--file", badLines, "--lines"}, 2, "line 3: sleep payload \"forever\" is not a duration like 250ms or 2s; nothing was enqueued"},

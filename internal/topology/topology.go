@@ -30,6 +30,7 @@ type Handles struct {
 	Tasks   jetstream.Stream
 	Dead    jetstream.Stream
 	Results jetstream.KeyValue
+	Cancel  jetstream.KeyValue
 }
 
 // Ensure declares FORQ_TASKS, FORQ_DEAD and forq_results if they are
@@ -83,7 +84,21 @@ func Ensure(ctx context.Context, js jetstream.JetStream, o Options) (*Handles, e
 	if err != nil {
 		return nil, fmt.Errorf("declare KV bucket %s: %w", forq.BucketResults, err)
 	}
-	return &Handles{Tasks: tasks, Dead: dead, Results: kv}, nil
+	cancel, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:      forq.BucketCancel,
+		Description: "forq cancel requests by task ID",
+		TTL:         o.ResultTTL,
+		Storage:     jetstream.FileStorage,
+		Replicas:    o.Replicas,
+		History:     1,
+	})
+	if errors.Is(err, jetstream.ErrBucketExists) {
+		cancel, err = js.KeyValue(ctx, forq.BucketCancel)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("declare KV bucket %s: %w", forq.BucketCancel, err)
+	}
+	return &Handles{Tasks: tasks, Dead: dead, Results: kv, Cancel: cancel}, nil
 }
 
 func ensureStream(ctx context.Context, js jetstream.JetStream, cfg jetstream.StreamConfig) (jetstream.Stream, error) {

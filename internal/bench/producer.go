@@ -1,0 +1,293 @@
+package bench
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"time"
+
+	"github.com/forqhq/forq"
+	"github.com/forqhq/forq/producer"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Phases of a producer process.
+const (
+	// PhaseLatency sends probes one at a time at idle, then at a fixed rate.
+	PhaseLatency = "latency"
+	// PhaseEnqueue enqueues tasks one by one (synchronously), then in a
+	// batch, into a paused queue.
+	PhaseEnqueue = "enqueue"
+	// PhaseE2E enqueues a batch while the workers run.
+	PhaseE2E = "e2e"
+)
+
+// ProducerOptions configure one producer process of a run.
+type ProducerOptions struct {
+	Mode, Phase string
+	// Tasks is the batch size of PhaseEnqueue and PhaseE2E.
+	Tasks int
+	// Single is how many tasks PhaseEnqueue enqueues one by one.
+	Single int
+	// PayloadSize of each task in bytes (at least MinPayload).
+	PayloadSize int
+	// Samples is the number of idle latency probes; LoadTasks the number
+	// sent at Rate per second.
+	Samples, LoadTasks int
+	Rate               float64
+	// Headers makes the baseline publish forq's headers too (a unique
+	// Nats-Msg-Id, so the broker de-duplicates, and the task's type and
+	// attempts), to tell the wire format's cost from forq's code's.
+	Headers bool
+}
+
+// ProducerResult is what a producer process prints, as JSON.
+type ProducerResult struct {
+	// StartNs is the wall clock just before the first publish.
+	StartNs int64 `json:"start_ns"`
+	// LastSeq is the highest stream sequence acknowledged.
+	LastSeq      uint64  `json:"last_seq"`
+	SinglePerSec float64 `json:"single_per_sec,omitempty"`
+	BatchPerSec  float64 `json:"batch_per_sec,omitempty"`
+	// IdleNs and LoadNs are the latencies of the probes, enqueue to
+	// handler start.
+	IdleNs     []int64 `json:"idle_ns,omitempty"`
+	LoadNs     []int64 `json:"load_ns,omitempty"`
+	LoadPerSec float64 `json:"load_per_sec,omitempty"`
+}
+
+// publisher is what the two modes have in common.
+type publisher interface {
+	one(ctx context.Context, payload []byte) (uint64, error)
+	many(ctx context.Context, payloads [][]byte) (uint64, error)
+}
+
+type forqPub struct{ p *producer.Producer }
+
+func (f forqPub) one(ctx context.Context, payload []byte) (uint64, error) {
+	i, err := f.p.Enqueue(ctx, forq.Task{Queue: Queue, Type: TaskType, Payload: payload})
+	if err != nil {
+		return 0, err
+	}
+	return i.Sequence, nil
+}
+
+func (f forqPub) many(ctx context.Context, payloads [][]byte) (uint64, error) {
+	tasks := make([]forq.Task, len(payloads))
+	for i, p := range payloads {
+		tasks[i] = forq.Task{Queue: Queue, Type: TaskType, Payload: p}
+	}
+	infos, err := f.p.EnqueueMany(ctx, tasks)
+	if err != nil {
+		return 0, err
+	}
+	var last uint64
+	for _, i := range infos {
+		last = max(last, i.Sequence)
+	}
+	return last, nil
+}
+
+type basePub struct {
+	js      jetstream.JetStream
+	headers bool
+}
+
+func (b basePub) msg(payload []byte) *nats.Msg {
+	m := &nats.Msg{Subject: BaselineSubject, Data: payload}
+	if b.headers {
+		m.Header = nats.Header{
+			forq.HeaderID:          []string{forq.NewID()},
+			forq.HeaderType:        []string{TaskType},
+			forq.HeaderMaxAttempts: []string{"3"},
+		}
+	}
+	return m
+}
+
+func (b basePub) one(ctx context.Context, payload []byte) (uint64, error) {
+	a, err := b.js.PublishMsg(ctx, b.msg(payload))
+	if err != nil {
+		return 0, err
+	}
+	return a.Sequence, nil
+}
+
+func (b basePub) many(ctx context.Context, payloads [][]byte) (uint64, error) {
+	futures := make([]jetstream.PubAckFuture, len(payloads))
+	for i, p := range payloads {
+		f, err := b.js.PublishMsgAsync(b.msg(p), jetstream.WithStallWait(time.Minute))
+		if err != nil {
+			return 0, err
+		}
+		futures[i] = f
+	}
+	select {
+	case <-b.js.PublishAsyncComplete():
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	}
+	var last uint64
+	for _, f := range futures {
+		select {
+		case a := <-f.Ok():
+			last = max(last, a.Sequence)
+		case err := <-f.Err():
+			return 0, err
+		}
+	}
+	return last, nil
+}
+
+// RunProducer runs one phase of a producer process on nc.
+func RunProducer(ctx context.Context, nc *nats.Conn, o ProducerOptions) (*ProducerResult, error) {
+	var pub publisher
+	switch o.Mode {
+	case ModeForq:
+		p, err := producer.New(ctx, nc, producer.Config{})
+		if err != nil {
+			return nil, err
+		}
+		pub = forqPub{p}
+	case ModeBaseline:
+		js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(producer.DefaultWindow))
+		if err != nil {
+			return nil, err
+		}
+		pub = basePub{js: js, headers: o.Headers}
+	default:
+		return nil, fmt.Errorf("bench: unknown mode %q", o.Mode)
+	}
+	res := &ProducerResult{}
+	switch o.Phase {
+	case PhaseLatency:
+		return res, latency(ctx, nc, pub, o, res)
+	case PhaseEnqueue:
+		ps := payloads(o.Single, o.PayloadSize)
+		res.StartNs = time.Now().UnixNano()
+		t0 := time.Now()
+		for _, p := range ps {
+			seq, err := pub.one(ctx, p)
+			if err != nil {
+				return nil, fmt.Errorf("enqueue: %w", err)
+			}
+			res.LastSeq = max(res.LastSeq, seq)
+		}
+		res.SinglePerSec = float64(len(ps)) / time.Since(t0).Seconds()
+		ps = payloads(o.Tasks, o.PayloadSize)
+		t0 = time.Now()
+		seq, err := pub.many(ctx, ps)
+		if err != nil {
+			return nil, fmt.Errorf("enqueue batch: %w", err)
+		}
+		res.BatchPerSec = float64(len(ps)) / time.Since(t0).Seconds()
+		res.LastSeq = max(res.LastSeq, seq)
+		return res, nil
+	case PhaseE2E:
+		ps := payloads(o.Tasks, o.PayloadSize)
+		res.StartNs = time.Now().UnixNano()
+		t0 := time.Now()
+		seq, err := pub.many(ctx, ps)
+		if err != nil {
+			return nil, fmt.Errorf("enqueue batch: %w", err)
+		}
+		res.BatchPerSec = float64(len(ps)) / time.Since(t0).Seconds()
+		res.LastSeq = seq
+		return res, nil
+	}
+	return nil, fmt.Errorf("bench: unknown phase %q", o.Phase)
+}
+
+func payloads(n, size int) [][]byte {
+	ps := make([][]byte, n)
+	for i := range ps {
+		ps[i] = Payload(size, 0)
+	}
+	return ps
+}
+
+// latency sends o.Samples probes one at a time, each after the previous
+// one's handler started, then o.LoadTasks probes at o.Rate per second.
+func latency(ctx context.Context, nc *nats.Conn, pub publisher, o ProducerOptions, res *ProducerResult) error {
+	total := o.Samples + o.LoadTasks
+	started := make([]int64, total+1)
+	sent := make([]int64, total+1)
+	got := make(chan uint64, total+1)
+	sub, err := nc.Subscribe(ReportSubject, func(m *nats.Msg) {
+		if len(m.Data) != 16 {
+			return
+		}
+		p := binary.LittleEndian.Uint64(m.Data[0:8])
+		if p == 0 || p > uint64(total) || started[p] != 0 {
+			return // a redelivery, or another run's
+		}
+		started[p] = enqueuedAt(m.Data[8:16])
+		got <- p
+	})
+	if err != nil {
+		return err
+	}
+	defer sub.Unsubscribe()
+	if err := nc.Flush(); err != nil {
+		return err
+	}
+	payload := make([]byte, max(o.PayloadSize, MinPayload))
+	for i := 1; i <= o.Samples; i++ {
+		Stamp(payload, uint64(i))
+		sent[i] = enqueuedAt(payload)
+		if _, err := pub.one(ctx, payload); err != nil {
+			return fmt.Errorf("probe %d: %w", i, err)
+		}
+		if err := waitProbe(ctx, got, uint64(i)); err != nil {
+			return err
+		}
+		res.IdleNs = append(res.IdleNs, started[i]-sent[i])
+	}
+	interval := time.Duration(float64(time.Second) / o.Rate)
+	t0 := time.Now()
+	next := t0
+	for i := o.Samples + 1; i <= total; i++ {
+		if d := time.Until(next); d > 0 {
+			time.Sleep(d)
+		}
+		next = next.Add(interval)
+		Stamp(payload, uint64(i))
+		sent[i] = enqueuedAt(payload)
+		if _, err := pub.one(ctx, payload); err != nil {
+			return fmt.Errorf("probe %d: %w", i, err)
+		}
+	}
+	res.LoadPerSec = float64(o.LoadTasks) / time.Since(t0).Seconds()
+	deadline := time.After(30 * time.Second)
+	for n := 0; n < o.LoadTasks; n++ {
+		select {
+		case <-got:
+		case <-deadline:
+			return fmt.Errorf("only %d of %d probes under load reported their start", n, o.LoadTasks)
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	for i := o.Samples + 1; i <= total; i++ {
+		res.LoadNs = append(res.LoadNs, started[i]-sent[i])
+	}
+	return nil
+}
+
+func waitProbe(ctx context.Context, got <-chan uint64, want uint64) error {
+	t := time.NewTimer(10 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case p := <-got:
+			if p == want {
+				return nil
+			}
+		case <-t.C:
+			return fmt.Errorf("probe %d: no worker reported its start within 10s", want)
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}

@@ -1,0 +1,556 @@
+package bench
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/forqhq/forq"
+	"github.com/forqhq/forq/internal/topology"
+	"github.com/forqhq/forq/pool"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Options configure a run.
+type Options struct {
+	// Command runs this program's hidden bench subcommands: the forq
+	// binary and any flags before "bench".
+	Command []string
+	// URL of the broker.
+	URL string
+	// Tasks per throughput measurement; Workers in the main pool.
+	Tasks, Workers int
+	// PayloadSize of each task in bytes.
+	PayloadSize int
+	// Rate of the latency-under-load measurement, tasks per second.
+	Rate float64
+	// Samples is the number of idle latency probes.
+	Samples int
+	// Concurrency of each forq worker, and the baseline's fetch batch.
+	Concurrency int
+	// Scale lists pool sizes whose end-to-end throughput is measured too.
+	Scale []int
+	// Baseline runs plain JetStream too.
+	Baseline bool
+	// Rounds is how many times each mode is measured, forq and baseline
+	// alternately; each figure is the best of its rounds (0 means 1).
+	Rounds int
+	// BaselineHeaders makes the baseline publish forq's headers.
+	BaselineHeaders bool
+	// ProfileDir, if set, receives a CPU profile of every worker and
+	// producer process.
+	ProfileDir string
+	// Stderr receives the child processes' output.
+	Stderr io.Writer
+	// Log gets progress.
+	Log *slog.Logger
+}
+
+// Figures are the measurements of one mode.
+type Figures struct {
+	EnqueuePerSec      float64 `json:"enqueue_per_sec"`
+	EnqueueBatchPerSec float64 `json:"enqueue_batch_per_sec"`
+	DrainPerSec        float64 `json:"drain_per_sec"`
+	E2EPerSec          float64 `json:"e2e_per_sec"`
+	LatencyP50Ms       float64 `json:"latency_p50_ms"`
+	LatencyP99Ms       float64 `json:"latency_p99_ms"`
+	LoadLatencyP50Ms   float64 `json:"load_latency_p50_ms"`
+	LoadLatencyP99Ms   float64 `json:"load_latency_p99_ms"`
+	LoadPerSec         float64 `json:"load_per_sec"`
+	WorkerRSSMB        float64 `json:"worker_rss_mb"`
+	WorkerRSSLoadedMB  float64 `json:"worker_rss_loaded_mb"`
+	PoolStartupMs      float64 `json:"pool_startup_ms"`
+	// Scale maps a pool size to its figures.
+	Scale map[string]*ScaleFigures `json:"scale,omitempty"`
+}
+
+// ScaleFigures are the measurements of one pool size.
+type ScaleFigures struct {
+	E2EPerSec     float64 `json:"e2e_per_sec"`
+	PoolStartupMs float64 `json:"pool_startup_ms"`
+	WorkerRSSMB   float64 `json:"worker_rss_mb"`
+}
+
+// Settings are what a run was asked to do, and on what.
+type Settings struct {
+	Tasks           int     `json:"tasks"`
+	Single          int     `json:"single_tasks"`
+	Workers         int     `json:"workers"`
+	Concurrency     int     `json:"concurrency"`
+	PayloadSize     int     `json:"payload_size"`
+	Rate            float64 `json:"rate"`
+	Samples         int     `json:"latency_samples"`
+	Rounds          int     `json:"rounds"`
+	BaselineHeaders bool    `json:"baseline_headers,omitempty"`
+	Scale           []int   `json:"scale,omitempty"`
+	Broker          string  `json:"broker"`
+	SyncAlways      bool    `json:"sync_always"`
+	CPUs            int     `json:"cpus"`
+	CPUModel        string  `json:"cpu_model,omitempty"`
+}
+
+// Report is the result of a run: forq's figures, and with a baseline its
+// figures and the ratio forq ÷ baseline of each.
+type Report struct {
+	Settings Settings `json:"settings"`
+	Figures
+	Baseline *Figures       `json:"baseline,omitempty"`
+	Ratio    map[string]any `json:"ratio,omitempty"`
+}
+
+type runner struct {
+	o      Options
+	nc     *nats.Conn
+	js     jetstream.JetStream
+	single int
+}
+
+// Run measures forq, and the baseline when asked, on the broker at o.URL.
+// It leaves the broker's FORQ_TASKS stream without the bench queue's
+// consumer and tasks, and removes the baseline's stream.
+func Run(ctx context.Context, o Options) (*Report, error) {
+	nc, err := nats.Connect(o.URL, nats.Name("forq bench"))
+	if err != nil {
+		return nil, fmt.Errorf("bench: connect: %w", err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, err
+	}
+	r := &runner{o: o, nc: nc, js: js, single: min(max(o.Tasks/4, 100), 5000)}
+	rep := &Report{Settings: Settings{
+		Tasks: o.Tasks, Single: r.single, Workers: o.Workers, Concurrency: o.Concurrency,
+		PayloadSize: max(o.PayloadSize, MinPayload), Rate: o.Rate, Samples: o.Samples, Scale: o.Scale, Rounds: max(o.Rounds, 1), BaselineHeaders: o.BaselineHeaders,
+	}}
+	var f, b *Figures
+	for range max(o.Rounds, 1) {
+		fi, err := r.mode(ctx, ModeForq)
+		if err != nil {
+			return nil, fmt.Errorf("forq: %w", err)
+		}
+		f = best(f, fi)
+		if o.Baseline {
+			bi, err := r.mode(ctx, ModeBaseline)
+			if err != nil {
+				return nil, fmt.Errorf("baseline: %w", err)
+			}
+			b = best(b, bi)
+		}
+	}
+	rep.Figures = *f
+	if b != nil {
+		rep.Baseline = b
+		rep.Ratio = ratio(f, b)
+	}
+	return rep, nil
+}
+
+// mode measures one mode with a fresh queue.
+func (r *runner) mode(ctx context.Context, mode string) (*Figures, error) {
+	r.o.Log.Info("bench: measuring", "mode", mode, "workers", r.o.Workers, "tasks", r.o.Tasks)
+	c, err := r.setup(ctx, mode)
+	if err != nil {
+		return nil, err
+	}
+	defer r.teardown(mode)
+	f := &Figures{Scale: map[string]*ScaleFigures{}}
+	p, err := r.startPool(ctx, mode, c, r.o.Workers)
+	if err != nil {
+		return nil, err
+	}
+	defer p.stop()
+	f.PoolStartupMs = ms(p.startup)
+	time.Sleep(200 * time.Millisecond) // let start-up garbage be collected
+	f.WorkerRSSMB = p.rss()
+
+	lat, err := r.produce(ctx, mode, PhaseLatency, r.o.Workers)
+	if err != nil {
+		return nil, err
+	}
+	f.LatencyP50Ms, f.LatencyP99Ms = pct(lat.IdleNs, 50), pct(lat.IdleNs, 99)
+	f.LoadLatencyP50Ms, f.LoadLatencyP99Ms = pct(lat.LoadNs, 50), pct(lat.LoadNs, 99)
+	f.LoadPerSec = lat.LoadPerSec
+	if err := r.drained(ctx, c, lat.LastSeq); err != nil {
+		return nil, err
+	}
+
+	// Enqueue into the paused queue, then drain it.
+	stream, cons := r.names(mode)
+	if _, err := r.js.PauseConsumer(ctx, stream, cons, time.Now().Add(time.Hour)); err != nil {
+		return nil, fmt.Errorf("pause consumer: %w", err)
+	}
+	enq, err := r.produce(ctx, mode, PhaseEnqueue, r.o.Workers)
+	if err != nil {
+		return nil, err
+	}
+	f.EnqueuePerSec, f.EnqueueBatchPerSec = enq.SinglePerSec, enq.BatchPerSec
+	// A resume does not wake the broker's delivery loop, the end of a
+	// pause does: pause again until a moment just ahead, the start.
+	t0 := time.Now().Add(20 * time.Millisecond)
+	if _, err := r.js.PauseConsumer(ctx, stream, cons, t0); err != nil {
+		return nil, fmt.Errorf("resume consumer: %w", err)
+	}
+	if err := r.drained(ctx, c, enq.LastSeq); err != nil {
+		return nil, err
+	}
+	f.DrainPerSec = float64(r.single+r.o.Tasks) / time.Since(t0).Seconds()
+
+	f.E2EPerSec, err = r.e2e(ctx, mode, c, r.o.Workers)
+	if err != nil {
+		return nil, err
+	}
+	f.WorkerRSSLoadedMB = p.rss()
+	p.stop()
+	if slices.Contains(r.o.Scale, r.o.Workers) {
+		f.Scale[strconv.Itoa(r.o.Workers)] = &ScaleFigures{E2EPerSec: f.E2EPerSec, PoolStartupMs: f.PoolStartupMs, WorkerRSSMB: f.WorkerRSSMB}
+	}
+	for _, w := range r.o.Scale {
+		if f.Scale[strconv.Itoa(w)] != nil {
+			continue
+		}
+		r.o.Log.Info("bench: scaling", "mode", mode, "workers", w)
+		p, err := r.startPool(ctx, mode, c, w)
+		if err != nil {
+			return nil, err
+		}
+		s := &ScaleFigures{PoolStartupMs: ms(p.startup)}
+		time.Sleep(200 * time.Millisecond)
+		s.WorkerRSSMB = p.rss()
+		s.E2EPerSec, err = r.e2e(ctx, mode, c, w)
+		p.stop()
+		if err != nil {
+			return nil, err
+		}
+		f.Scale[strconv.Itoa(w)] = s
+	}
+	if len(f.Scale) == 0 {
+		f.Scale = nil
+	}
+	return f, nil
+}
+
+func (r *runner) e2e(ctx context.Context, mode string, c jetstream.Consumer, workers int) (float64, error) {
+	res, err := r.produce(ctx, mode, PhaseE2E, workers)
+	if err != nil {
+		return 0, err
+	}
+	if err := r.drained(ctx, c, res.LastSeq); err != nil {
+		return 0, err
+	}
+	return float64(r.o.Tasks) / time.Since(time.Unix(0, res.StartNs)).Seconds(), nil
+}
+
+func (r *runner) names(mode string) (stream, consumer string) {
+	if mode == ModeForq {
+		return forq.StreamTasks, forq.ConsumerName(Queue)
+	}
+	return BaselineStream, BaselineConsumer
+}
+
+// setup declares an empty queue and its consumer for mode.
+func (r *runner) setup(ctx context.Context, mode string) (jetstream.Consumer, error) {
+	if mode == ModeForq {
+		h, err := topology.Ensure(ctx, r.js, topology.Options{})
+		if err != nil {
+			return nil, err
+		}
+		_ = r.js.DeleteConsumer(ctx, forq.StreamTasks, forq.ConsumerName(Queue))
+		if err := h.Tasks.Purge(ctx, jetstream.WithPurgeSubject(forq.TaskSubject(Queue))); err != nil {
+			return nil, fmt.Errorf("purge %s: %w", forq.TaskSubject(Queue), err)
+		}
+		return topology.EnsureConsumer(ctx, h.Tasks, Queue, 0)
+	}
+	_ = r.js.DeleteStream(ctx, BaselineStream)
+	s, err := r.js.CreateStream(ctx, jetstream.StreamConfig{
+		Name:       BaselineStream,
+		Subjects:   []string{BaselineSubject},
+		Retention:  jetstream.WorkQueuePolicy,
+		Storage:    jetstream.FileStorage,
+		Duplicates: forq.DefaultDuplicateWindow,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("create stream %s: %w", BaselineStream, err)
+	}
+	// The same consumer configuration as forq's queues.
+	return s.CreateConsumer(ctx, jetstream.ConsumerConfig{
+		Durable:       BaselineConsumer,
+		FilterSubject: BaselineSubject,
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       forq.DefaultAckWait,
+		MaxDeliver:    -1,
+		MaxAckPending: 100_000,
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+	})
+}
+
+func (r *runner) teardown(mode string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if mode == ModeForq {
+		_ = r.js.DeleteConsumer(ctx, forq.StreamTasks, forq.ConsumerName(Queue))
+		if s, err := r.js.Stream(ctx, forq.StreamTasks); err == nil {
+			_ = s.Purge(ctx, jetstream.WithPurgeSubject(forq.TaskSubject(Queue)))
+		}
+		return
+	}
+	_ = r.js.DeleteStream(ctx, BaselineStream)
+}
+
+// drained waits until every task up to stream sequence last is acked.
+func (r *runner) drained(ctx context.Context, c jetstream.Consumer, last uint64) error {
+	deadline := time.Now().Add(5 * time.Minute)
+	for {
+		i, err := c.Info(ctx)
+		if err == nil && i.NumPending == 0 && i.NumAckPending == 0 && i.AckFloor.Stream >= last {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("queue not drained after 5 minutes (info %+v, err %v)", i, err)
+		}
+		if !sleep(ctx, 2*time.Millisecond) {
+			return ctx.Err()
+		}
+	}
+}
+
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// workerPool is a running pool of bench workers.
+type workerPool struct {
+	sup     *pool.Supervisor
+	cancel  context.CancelFunc
+	done    chan error
+	startup time.Duration
+	stopped bool
+}
+
+// startPool starts n workers of mode and waits until each has a pull
+// request waiting at the broker: ready to take a task.
+func (r *runner) startPool(ctx context.Context, mode string, c jetstream.Consumer, n int) (*workerPool, error) {
+	args := append(slices.Clone(r.o.Command), "bench", "worker", "--mode", mode, "--url", r.o.URL,
+		"--concurrency", strconv.Itoa(r.o.Concurrency))
+	if r.o.ProfileDir != "" {
+		args = append(args, "--cpuprofile", filepath.Join(r.o.ProfileDir, fmt.Sprintf("worker-%s-w%d-%%i.pprof", mode, n)))
+	}
+	sup, err := pool.New(pool.Config{
+		Size: n, Command: args, Grace: 10 * time.Second, MaxRestarts: 1,
+		Stdout: r.o.Stderr, Stderr: r.o.Stderr,
+	})
+	if err != nil {
+		return nil, err
+	}
+	pctx, cancel := context.WithCancel(ctx)
+	p := &workerPool{sup: sup, cancel: cancel, done: make(chan error, 1)}
+	t0 := time.Now()
+	go func() { p.done <- sup.Run(pctx) }()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		i, err := c.Info(ctx)
+		if err == nil && i.NumWaiting >= n {
+			p.startup = time.Since(t0)
+			return p, nil
+		}
+		select {
+		case err := <-p.done:
+			p.stopped = true
+			return nil, fmt.Errorf("worker pool stopped while starting: %v", err)
+		default:
+		}
+		if time.Now().After(deadline) || !sleep(ctx, time.Millisecond) {
+			p.stop()
+			return nil, fmt.Errorf("%d workers not ready after 30s (waiting pulls: %d)", n, i.NumWaiting)
+		}
+	}
+}
+
+func (p *workerPool) stop() {
+	if p.stopped {
+		return
+	}
+	p.stopped = true
+	p.cancel()
+	<-p.done
+}
+
+// rss returns the largest resident set of the pool's workers, in MiB.
+func (p *workerPool) rss() float64 {
+	var most int64
+	for _, c := range p.sup.Children() {
+		most = max(most, rssOf(c.PID))
+	}
+	return float64(most) / (1 << 20)
+}
+
+// rssOf returns a process's resident set in bytes, read from /proc.
+func rssOf(pid int) int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	for sc.Scan() {
+		if rest, ok := strings.CutPrefix(sc.Text(), "VmRSS:"); ok {
+			f := strings.Fields(rest)
+			if len(f) > 0 {
+				kb, _ := strconv.ParseInt(f[0], 10, 64)
+				return kb << 10
+			}
+		}
+	}
+	return 0
+}
+
+// produce runs a producer process for phase and returns its result.
+func (r *runner) produce(ctx context.Context, mode, phase string, workers int) (*ProducerResult, error) {
+	loadTasks := max(100, min(r.o.Tasks/4, int(r.o.Rate*2)))
+	args := append(slices.Clone(r.o.Command), "bench", "producer", "--mode", mode, "--phase", phase,
+		"--url", r.o.URL, "--tasks", strconv.Itoa(r.o.Tasks), "--single", strconv.Itoa(r.single),
+		"--payload-size", strconv.Itoa(r.o.PayloadSize), "--samples", strconv.Itoa(r.o.Samples),
+		"--load-tasks", strconv.Itoa(loadTasks), "--rate", strconv.FormatFloat(r.o.Rate, 'f', -1, 64))
+	if r.o.BaselineHeaders {
+		args = append(args, "--headers")
+	}
+	if r.o.ProfileDir != "" {
+		args = append(args, "--cpuprofile", filepath.Join(r.o.ProfileDir, fmt.Sprintf("producer-%s-w%d-%s.pprof", mode, workers, phase)))
+	}
+	cmd := exec.CommandContext(ctx, args[0], args[1:]...)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, r.o.Stderr
+	if err := cmd.Run(); err != nil {
+		return nil, fmt.Errorf("producer (%s): %w", phase, err)
+	}
+	var res ProducerResult
+	if err := json.Unmarshal(out.Bytes(), &res); err != nil {
+		return nil, fmt.Errorf("producer (%s) output %q: %w", phase, out.String(), err)
+	}
+	return &res, nil
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+// pct returns the p-th percentile of ns, in milliseconds.
+func pct(ns []int64, p float64) float64 {
+	if len(ns) == 0 {
+		return 0
+	}
+	s := slices.Clone(ns)
+	slices.Sort(s)
+	i := int(float64(len(s))*p/100+0.5) - 1
+	i = min(max(i, 0), len(s)-1)
+	return float64(s[i]) / 1e6
+}
+
+// best combines the figures of two rounds: the higher throughput, the
+// lower latency, memory and start-up time.
+func best(a, b *Figures) *Figures {
+	if a == nil {
+		return b
+	}
+	hi := func(x *float64, y float64) { *x = max(*x, y) }
+	lo := func(x *float64, y float64) { *x = min(*x, y) }
+	hi(&a.EnqueuePerSec, b.EnqueuePerSec)
+	hi(&a.EnqueueBatchPerSec, b.EnqueueBatchPerSec)
+	hi(&a.DrainPerSec, b.DrainPerSec)
+	hi(&a.E2EPerSec, b.E2EPerSec)
+	lo(&a.LatencyP50Ms, b.LatencyP50Ms)
+	lo(&a.LatencyP99Ms, b.LatencyP99Ms)
+	// The load figures stay those of one round, the one that reached the
+	// higher rate.
+	if b.LoadPerSec > a.LoadPerSec || (b.LoadPerSec == a.LoadPerSec && b.LoadLatencyP99Ms < a.LoadLatencyP99Ms) {
+		a.LoadPerSec, a.LoadLatencyP50Ms, a.LoadLatencyP99Ms = b.LoadPerSec, b.LoadLatencyP50Ms, b.LoadLatencyP99Ms
+	}
+	lo(&a.WorkerRSSMB, b.WorkerRSSMB)
+	lo(&a.WorkerRSSLoadedMB, b.WorkerRSSLoadedMB)
+	lo(&a.PoolStartupMs, b.PoolStartupMs)
+	for k, bs := range b.Scale {
+		as := a.Scale[k]
+		if as == nil {
+			a.Scale[k] = bs
+			continue
+		}
+		hi(&as.E2EPerSec, bs.E2EPerSec)
+		lo(&as.PoolStartupMs, bs.PoolStartupMs)
+		lo(&as.WorkerRSSMB, bs.WorkerRSSMB)
+	}
+	return a
+}
+
+// ratio returns forq ÷ baseline for each figure, with the same keys.
+func ratio(f, b *Figures) map[string]any {
+	fm, bm := toMap(f), toMap(b)
+	return ratioMap(fm, bm)
+}
+
+func toMap(v any) map[string]any {
+	b, _ := json.Marshal(v)
+	var m map[string]any
+	_ = json.Unmarshal(b, &m)
+	return m
+}
+
+func ratioMap(f, b map[string]any) map[string]any {
+	out := map[string]any{}
+	for k, fv := range f {
+		switch fv := fv.(type) {
+		case float64:
+			if bv, ok := b[k].(float64); ok && bv != 0 {
+				out[k] = round(fv/bv, 3)
+			}
+		case map[string]any:
+			if bv, ok := b[k].(map[string]any); ok {
+				out[k] = ratioMap(fv, bv)
+			}
+		}
+	}
+	return out
+}
+
+func round(x float64, digits int) float64 {
+	p := 1.0
+	for range digits {
+		p *= 10
+	}
+	if x < 0 {
+		return -float64(int64(-x*p+0.5)) / p
+	}
+	return float64(int64(x*p+0.5)) / p
+}
+
+var errNoCPUInfo = errors.New("no model name in /proc/cpuinfo")
+
+// CPUModel returns the CPU's model name from /proc/cpuinfo.
+func CPUModel() (string, error) {
+	b, err := os.ReadFile("/proc/cpuinfo")
+	if err != nil {
+		return "", err
+	}
+	for line := range strings.SplitSeq(string(b), "\n") {
+		if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
+			return strings.TrimSpace(v), nil
+		}
+	}
+	return "", errNoCPUInfo
+}

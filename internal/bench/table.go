@@ -1,0 +1,81 @@
+package bench
+
+import (
+	"fmt"
+	"io"
+	"slices"
+	"strconv"
+	"text/tabwriter"
+)
+
+// WriteTable writes the report as a table: one row per figure, forq's
+// value, and with a baseline its value and the ratio forq ÷ baseline.
+func (r *Report) WriteTable(w io.Writer) error {
+	s := r.Settings
+	sync := "default (written to the OS before the ack, fsync every 2 min)"
+	if s.SyncAlways {
+		sync = "fsync every write"
+	}
+	fmt.Fprintf(w, "forq bench: %d tasks of %d bytes, %d worker processes (concurrency %d each; the baseline fetches batches of %d); best of %d round(s)\n",
+		s.Tasks, s.PayloadSize, s.Workers, s.Concurrency, s.Concurrency, s.Rounds)
+	fmt.Fprintf(w, "broker: %s; fsync: %s\n", s.Broker, sync)
+	if s.BaselineHeaders {
+		fmt.Fprintln(w, "the baseline publishes forq's headers (Nats-Msg-Id, type, attempts)")
+	}
+	fmt.Fprintf(w, "machine: %d CPUs, %s\n\n", s.CPUs, s.CPUModel)
+
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	if r.Baseline != nil {
+		fmt.Fprintf(tw, "%-36s\tforq\tJetStream\tforq/JetStream\t\n", "")
+	} else {
+		fmt.Fprintf(tw, "%-36s\tforq\t\n", "")
+	}
+	row := func(name string, f, b float64, digits int) {
+		name = fmt.Sprintf("%-36s", name)
+		if r.Baseline == nil {
+			fmt.Fprintf(tw, "%s\t%s\t\n", name, num(f, digits))
+			return
+		}
+		ratio := "-"
+		if b != 0 {
+			ratio = strconv.FormatFloat(f/b, 'f', 2, 64)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t\n", name, num(f, digits), num(b, digits), ratio)
+	}
+	f, b := &r.Figures, r.Baseline
+	if b == nil {
+		b = &Figures{}
+	}
+	row("enqueue, one at a time (tasks/s)", f.EnqueuePerSec, b.EnqueuePerSec, 0)
+	row("enqueue, batch (tasks/s)", f.EnqueueBatchPerSec, b.EnqueueBatchPerSec, 0)
+	row("drain a full queue (tasks/s)", f.DrainPerSec, b.DrainPerSec, 0)
+	row("end to end (tasks/s)", f.E2EPerSec, b.E2EPerSec, 0)
+	row("latency at idle, p50 (ms)", f.LatencyP50Ms, b.LatencyP50Ms, 3)
+	row("latency at idle, p99 (ms)", f.LatencyP99Ms, b.LatencyP99Ms, 3)
+	row(fmt.Sprintf("latency at %g/s, p50 (ms)", s.Rate), f.LoadLatencyP50Ms, b.LoadLatencyP50Ms, 3)
+	row(fmt.Sprintf("latency at %g/s, p99 (ms)", s.Rate), f.LoadLatencyP99Ms, b.LoadLatencyP99Ms, 3)
+	row("  load reached (tasks/s)", f.LoadPerSec, b.LoadPerSec, 0)
+	row("worker RSS, idle (MiB)", f.WorkerRSSMB, b.WorkerRSSMB, 1)
+	row("worker RSS, after load (MiB)", f.WorkerRSSLoadedMB, b.WorkerRSSLoadedMB, 1)
+	row(fmt.Sprintf("pool start-up, %d workers (ms)", s.Workers), f.PoolStartupMs, b.PoolStartupMs, 1)
+	for _, n := range slices.Sorted(func(yield func(int) bool) {
+		for k := range f.Scale {
+			n, _ := strconv.Atoi(k)
+			if !yield(n) {
+				return
+			}
+		}
+	}) {
+		k := strconv.Itoa(n)
+		fs, bs := f.Scale[k], b.Scale[k]
+		if bs == nil {
+			bs = &ScaleFigures{}
+		}
+		row(fmt.Sprintf("W=%d: end to end (tasks/s)", n), fs.E2EPerSec, bs.E2EPerSec, 0)
+		row(fmt.Sprintf("W=%d: pool start-up (ms)", n), fs.PoolStartupMs, bs.PoolStartupMs, 1)
+		row(fmt.Sprintf("W=%d: worker RSS, idle (MiB)", n), fs.WorkerRSSMB, bs.WorkerRSSMB, 1)
+	}
+	return tw.Flush()
+}
+
+func num(x float64, digits int) string { return strconv.FormatFloat(x, 'f', digits, 64) }

@@ -1,0 +1,82 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/forqhq/forq/consumer"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// WorkerOptions configure one worker process of a run.
+type WorkerOptions struct {
+	// Mode is ModeForq or ModeBaseline.
+	Mode string
+	// Concurrency is the forq worker's Config.Concurrency, and the
+	// baseline worker's fetch batch.
+	Concurrency int
+	// Log gets the forq worker's events.
+	Log *slog.Logger
+}
+
+// RunWorker runs a no-op worker on nc until ctx is canceled. The handler
+// reports the start of each latency probe on ReportSubject.
+func RunWorker(ctx context.Context, nc *nats.Conn, o WorkerOptions) error {
+	switch o.Mode {
+	case ModeForq:
+		return forqWorker(ctx, nc, o)
+	case ModeBaseline:
+		return baselineWorker(ctx, nc, o)
+	}
+	return fmt.Errorf("bench: unknown mode %q", o.Mode)
+}
+
+func forqWorker(ctx context.Context, nc *nats.Conn, o WorkerOptions) error {
+	w, err := consumer.New(ctx, nc, consumer.Config{Queues: []string{Queue}, Concurrency: o.Concurrency, Logger: o.Log})
+	if err != nil {
+		return err
+	}
+	w.HandleFunc(TaskType, func(_ context.Context, t *consumer.Task) ([]byte, error) {
+		start := time.Now()
+		if p := Probe(t.Payload); p != 0 {
+			_ = nc.Publish(ReportSubject, report(p, start))
+		}
+		return nil, nil
+	})
+	return w.Run(ctx)
+}
+
+// baselineWorker is what a worker on plain JetStream does at the least:
+// fetch a batch, run each task, ack it.
+func baselineWorker(ctx context.Context, nc *nats.Conn, o WorkerOptions) error {
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return err
+	}
+	c, err := js.Consumer(ctx, BaselineStream, BaselineConsumer)
+	if err != nil {
+		return fmt.Errorf("baseline consumer: %w", err)
+	}
+	for ctx.Err() == nil {
+		batch, err := c.Fetch(o.Concurrency, jetstream.FetchMaxWait(time.Second))
+		if err != nil {
+			if errors.Is(err, context.Canceled) {
+				break
+			}
+			time.Sleep(100 * time.Millisecond)
+			continue
+		}
+		for m := range batch.Messages() {
+			start := time.Now()
+			if p := Probe(m.Data()); p != 0 {
+				_ = nc.Publish(ReportSubject, report(p, start))
+			}
+			_ = m.Ack()
+		}
+	}
+	return nil
+}

@@ -1,0 +1,199 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"runtime/pprof"
+	"strings"
+
+	"github.com/forqhq/forq/broker"
+	"github.com/forqhq/forq/internal/bench"
+	"github.com/nats-io/nats.go"
+)
+
+// BenchCmd is "forq bench": the measurement, and the hidden worker and
+// producer processes it re-executes this binary as.
+type BenchCmd struct {
+	Run      BenchRunCmd      `cmd:"" default:"withargs" help:"Measure (the default)."`
+	Worker   BenchWorkerCmd   `cmd:"" hidden:"" help:"A worker process of forq bench."`
+	Producer BenchProducerCmd `cmd:"" hidden:"" help:"A producer process of forq bench."`
+}
+
+// BenchRunCmd is "forq bench [flags]".
+type BenchRunCmd struct {
+	Tasks           int     `default:"20000" help:"Tasks per throughput measurement."`
+	Workers         int     `short:"w" default:"0" help:"Worker processes; 0 is the number of CPUs."`
+	PayloadSize     int     `default:"64" help:"Payload of each task in bytes (at least 16: the enqueue time and a probe number)."`
+	Rate            float64 `default:"2000" help:"Tasks per second of the latency-under-load measurement."`
+	Samples         int     `default:"1000" help:"Tasks sent one at a time at idle to measure latency."`
+	Concurrency     int     `short:"c" default:"256" help:"Each forq worker's --concurrency (it fetches up to that many tasks per pull, at most 256); the baseline's fetch batch."`
+	Scale           []int   `default:"1,2,4,8" help:"Pool sizes whose end-to-end throughput, start-up and RSS are measured too; empty to skip."`
+	Baseline        bool    `help:"Measure plain JetStream in the same layout too, and print the ratio forq/JetStream of each figure."`
+	Rounds          int     `default:"1" help:"Measure each mode this many times, forq and baseline alternately, and report the best of each figure (a busy machine is noisy)."`
+	BaselineHeaders bool    `help:"Make the baseline publish forq's headers too (a unique Nats-Msg-Id, type, attempts), to tell the cost of the wire format from that of forq's code."`
+	JSON            bool    `help:"Print one JSON object instead of a table."`
+	URL             string  `help:"Use the broker at this URL instead of an embedded one. Its FORQ_TASKS stream gets a 'bench' queue, emptied after the run."`
+	SyncAlways      bool    `help:"Make the embedded broker fsync every write before acknowledging it."`
+	CPUProfile      string  `name:"cpuprofile" placeholder:"FILE" help:"Write a CPU profile of this process (the embedded broker and the measuring) to FILE."`
+	ProfileDir      string  `placeholder:"DIR" help:"Write a CPU profile of every worker and producer process to DIR."`
+}
+
+// Run measures and prints the figures.
+func (c *BenchRunCmd) Run(env *Env) error {
+	if c.Tasks < 1 || c.Samples < 1 || c.Rounds < 1 || c.Concurrency < 1 || c.Rate <= 0 || c.Workers < 0 {
+		return usageErr("--tasks, --samples, --rounds, --concurrency and --rate must be positive, --workers not negative")
+	}
+	if c.PayloadSize < bench.MinPayload {
+		return usageErr("--payload-size %d: must be at least %d", c.PayloadSize, bench.MinPayload)
+	}
+	for _, w := range c.Scale {
+		if w < 1 {
+			return usageErr("--scale: %d workers; each size must be at least 1", w)
+		}
+	}
+	if c.Workers == 0 {
+		c.Workers = runtime.NumCPU()
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	if c.ProfileDir != "" {
+		if err := os.MkdirAll(c.ProfileDir, 0o750); err != nil {
+			return err
+		}
+		if c.ProfileDir, err = filepath.Abs(c.ProfileDir); err != nil {
+			return err
+		}
+	}
+	if c.CPUProfile != "" {
+		stop, err := startProfile(c.CPUProfile)
+		if err != nil {
+			return err
+		}
+		defer stop()
+	}
+	ctx, stop := signalContext()
+	defer stop()
+
+	url, where := c.URL, c.URL
+	if url == "" {
+		dir, err := os.MkdirTemp("", "forq-bench-")
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(dir)
+		s, err := broker.New(broker.Options{DataDir: dir, SyncAlways: c.SyncAlways})
+		if err != nil {
+			return err
+		}
+		s.Start()
+		defer s.Shutdown()
+		if err := s.WaitReady(0); err != nil {
+			return err
+		}
+		url, where = s.ClientURL(), "embedded in this process, data in "+os.TempDir()
+	}
+	rep, err := bench.Run(ctx, bench.Options{
+		Command: []string{exe, "--log-level=warn"}, URL: url,
+		Tasks: c.Tasks, Workers: c.Workers, PayloadSize: c.PayloadSize, Rate: c.Rate,
+		Samples: c.Samples, Concurrency: c.Concurrency, Scale: c.Scale, Baseline: c.Baseline, Rounds: c.Rounds, BaselineHeaders: c.BaselineHeaders,
+		ProfileDir: c.ProfileDir, Stderr: env.Stderr, Log: env.Log,
+	})
+	if err != nil {
+		return err
+	}
+	rep.Settings.Broker = where
+	rep.Settings.SyncAlways = c.SyncAlways && c.URL == ""
+	rep.Settings.CPUs = runtime.NumCPU()
+	rep.Settings.CPUModel, _ = bench.CPUModel()
+	if c.JSON {
+		enc := json.NewEncoder(env.Stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(rep)
+	}
+	return rep.WriteTable(env.Stdout)
+}
+
+// startProfile starts a CPU profile into file; stop ends it.
+func startProfile(file string) (stop func(), err error) {
+	f, err := os.Create(file)
+	if err != nil {
+		return nil, err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return func() { pprof.StopCPUProfile(); f.Close() }, nil
+}
+
+// BenchWorkerCmd is a worker process of "forq bench".
+type BenchWorkerCmd struct {
+	Mode        string `required:"" enum:"forq,baseline" help:"forq or baseline."`
+	URL         string `required:"" help:"Broker URL."`
+	Concurrency int    `default:"256" help:"The forq worker's concurrency; the baseline's fetch batch."`
+	CPUProfile  string `name:"cpuprofile" placeholder:"FILE" help:"Write a CPU profile to FILE; %i is replaced by the pool index."`
+}
+
+// Run runs the worker until SIGTERM.
+func (c *BenchWorkerCmd) Run(env *Env) error {
+	if c.CPUProfile != "" {
+		stop, err := startProfile(strings.ReplaceAll(c.CPUProfile, "%i", os.Getenv("FORQ_POOL_INDEX")))
+		if err != nil {
+			return err
+		}
+		defer stop()
+	}
+	ctx, stop := signalContext()
+	defer stop()
+	nc, err := nats.Connect(c.URL, nats.Name(fmt.Sprintf("forq bench worker %d", os.Getpid())))
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	return bench.RunWorker(ctx, nc, bench.WorkerOptions{Mode: c.Mode, Concurrency: c.Concurrency, Log: env.Log})
+}
+
+// BenchProducerCmd is a producer process of "forq bench".
+type BenchProducerCmd struct {
+	Mode        string  `required:"" enum:"forq,baseline" help:"forq or baseline."`
+	Phase       string  `required:"" enum:"latency,enqueue,e2e" help:"What to do."`
+	URL         string  `required:"" help:"Broker URL."`
+	Tasks       int     `default:"1000" help:"Tasks of a batch."`
+	Single      int     `default:"100" help:"Tasks enqueued one at a time."`
+	PayloadSize int     `default:"64" help:"Payload size in bytes."`
+	Samples     int     `default:"100" help:"Latency probes at idle."`
+	LoadTasks   int     `default:"100" help:"Latency probes at --rate."`
+	Rate        float64 `default:"1000" help:"Probes per second under load."`
+	Headers     bool    `help:"Baseline: publish forq's headers too."`
+	CPUProfile  string  `name:"cpuprofile" placeholder:"FILE" help:"Write a CPU profile to FILE."`
+}
+
+// Run runs the phase and prints its result as JSON.
+func (c *BenchProducerCmd) Run(env *Env) error {
+	if c.CPUProfile != "" {
+		stop, err := startProfile(c.CPUProfile)
+		if err != nil {
+			return err
+		}
+		defer stop()
+	}
+	nc, err := nats.Connect(c.URL, nats.Name(fmt.Sprintf("forq bench producer %d", os.Getpid())))
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	res, err := bench.RunProducer(context.Background(), nc, bench.ProducerOptions{
+		Mode: c.Mode, Phase: c.Phase, Tasks: c.Tasks, Single: c.Single, PayloadSize: c.PayloadSize,
+		Samples: c.Samples, LoadTasks: c.LoadTasks, Rate: c.Rate, Headers: c.Headers,
+	})
+	if err != nil {
+		return err
+	}
+	return json.NewEncoder(env.Stdout).Encode(res)
+}
