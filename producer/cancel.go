@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/forqhq/forq"
@@ -72,7 +73,8 @@ func (p *Producer) WaitMany(ctx context.Context, ids []string) ([]*forq.Result, 
 	for i, id := range ids {
 		index[id] = append(index[id], i)
 	}
-	w, err := p.results.WatchFiltered(ctx, ids)
+	// WatchFiltered rewrites the slice it is given into subjects.
+	w, err := p.results.WatchFiltered(ctx, slices.Clone(ids))
 	if err != nil {
 		return nil, fmt.Errorf("wait: %w", err)
 	}

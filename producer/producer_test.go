@@ -1,0 +1,103 @@
+package producer_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/forqhq/forq"
+	"github.com/forqhq/forq/consumer"
+	"github.com/forqhq/forq/internal/testutil"
+	"github.com/forqhq/forq/producer"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// WaitMany returns 1,000 results in the order of their IDs, with one KV
+// watch for all of them: no polling.
+func TestWaitManyInOrderWithOneWatch(t *testing.T) {
+	s := testutil.Broker(t)
+	nc := testutil.Connect(t, s.ClientURL())
+	p, err := producer.New(t.Context(), nc, producer.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tasks := make([]forq.Task, 1000)
+	for i := range tasks {
+		tasks[i] = forq.Task{Type: "square", Payload: fmt.Appendf(nil, "%d", i)}
+	}
+	infos, err := p.EnqueueMany(t.Context(), tasks, producer.WithRecord())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Wait before any worker runs, so the results arrive during the wait.
+	ids := make([]string, len(infos))
+	for i, in := range infos {
+		ids[i] = in.ID
+	}
+	type out struct {
+		rs  []*forq.Result
+		err error
+	}
+	done := make(chan out, 1)
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	defer cancel()
+	go func() { rs, err := p.WaitMany(ctx, ids); done <- out{rs, err} }()
+
+	js, _ := jetstream.New(nc)
+	kvStream, err := js.Stream(t.Context(), "KV_"+forq.BucketResults)
+	if err != nil {
+		t.Fatal(err)
+	}
+	consumers := func() int {
+		i, err := kvStream.Info(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return i.State.Consumers
+	}
+	testutil.Eventually(t, 10*time.Second, func() bool { return consumers() == 1 }, "the waiter's watch never showed up")
+
+	w, err := consumer.New(t.Context(), nc, consumer.Config{Concurrency: 16, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.HandleFunc("square", func(ctx context.Context, task *consumer.Task) ([]byte, error) {
+		var n int
+		fmt.Sscan(string(task.Payload), &n)
+		return fmt.Appendf(nil, "%d", n*n), nil
+	})
+	wctx, stop := context.WithCancel(context.Background())
+	var werr atomic.Value
+	wdone := make(chan struct{})
+	go func() { defer close(wdone); werr.Store(fmt.Sprint(w.Run(wctx))) }()
+	defer func() { stop(); <-wdone }()
+
+	most := 0
+	var got out
+	for waiting := true; waiting; {
+		select {
+		case got = <-done:
+			waiting = false
+		case <-time.After(20 * time.Millisecond):
+			most = max(most, consumers())
+		}
+	}
+	if got.err != nil {
+		t.Fatal(got.err)
+	}
+	if most > 1 {
+		t.Errorf("the results bucket had %d consumers during the wait, want 1 watch", most)
+	}
+	for i, r := range got.rs {
+		if want := fmt.Sprint(i * i); r == nil || r.ID != ids[i] || string(r.Result) != want || r.State != forq.StateSucceeded {
+			t.Fatalf("result %d: got %+v, want task %s succeeded with %s", i, r, ids[i], want)
+		}
+	}
+}
