@@ -30,7 +30,17 @@ type Supervisor struct {
 
 	mu       sync.Mutex
 	children map[int]Child
+
+	restarts atomic.Int64 // crash restarts scheduled
+	recycles atomic.Int64 // replacements asked for, or for memory
 }
+
+// Restarts returns how many times children were restarted after crashing.
+func (s *Supervisor) Restarts() int64 { return s.restarts.Load() }
+
+// Recycles returns how many children were replaced because they asked to
+// be (RecycleExitCode) or passed MaxRSS.
+func (s *Supervisor) Recycles() int64 { return s.recycles.Load() }
 
 // New returns a Supervisor for cfg with its defaults filled in. It returns
 // an error wrapping [ErrInvalidConfig] if cfg is invalid (no Command, a
@@ -319,9 +329,11 @@ func (r *runner) exited(e exit) {
 		delete(r.slots, p.index)
 	case sl.replace:
 		log.Info("child exited after exceeding MaxRSS, replacing it")
+		r.s.recycles.Add(1)
 		r.startOrCrash(sl)
 	case recycled:
 		log.Info("child asked to be recycled, replacing it")
+		r.s.recycles.Add(1)
 		r.startOrCrash(sl)
 	case clean && r.cfg.UntilEmpty:
 		log.Info("child done")
@@ -349,6 +361,7 @@ func (r *runner) crashed(sl *slot, at time.Time, ran time.Duration, status strin
 	}
 	delay := r.backoff(sl.backoff)
 	sl.backoff++
+	r.s.restarts.Add(1)
 	sl.restartAt = at.Add(delay)
 	r.log.Warn("child crashed, restarting", "child", sl.index, "status", status,
 		"delay", delay.Round(time.Millisecond), "crashes", len(sl.crashes), "window", window)
