@@ -24,6 +24,15 @@ const (
 	SubjectTasksPrefix = "forq.tasks."
 	// SubjectDeadPrefix prefixes a queue's dead-letter subject: forq.dead.<queue>.
 	SubjectDeadPrefix = "forq.dead."
+	// SubjectSchedulePrefix prefixes the subject of a delayed task's
+	// schedule in StreamTasks: forq.schedule.<queue>.<task ID>. No worker's
+	// consumer covers it; the broker publishes the task to its queue when
+	// the schedule fires, and removes the schedule.
+	SubjectSchedulePrefix = "forq.schedule."
+	// SubjectPeriodicPrefix prefixes a periodic task's definition in
+	// StreamTasks: forq.periodic.<name>. The broker publishes a new task to
+	// the definition's queue at every tick.
+	SubjectPeriodicPrefix = "forq.periodic."
 )
 
 // Headers of a task message. The body of the message is the payload.
@@ -43,9 +52,16 @@ const (
 	// HeaderRecord asks the worker to record the task's progress and result
 	// in BucketResults ("1"). Without it only failures are recorded.
 	HeaderRecord = "Forq-Record"
-	// HeaderEnqueuedAt is the producer's clock at enqueue, RFC 3339 with
-	// nanoseconds. It is informational.
-	HeaderEnqueuedAt = "Forq-Enqueued-At"
+	// HeaderDeadline is when a task expires if no worker has started it,
+	// RFC 3339 with nanoseconds. The producer also sets the broker's
+	// per-message TTL (Nats-TTL) so that the broker drops it then.
+	HeaderDeadline = "Forq-Deadline"
+	// HeaderTaskID carries the task ID where Nats-Msg-Id cannot: on a
+	// task fired by a schedule (the broker drops Nats-Msg-Id then), on a
+	// dead letter and on a task retried from the dead letters (whose
+	// Nats-Msg-Id is a de-duplication key of their own). When present it
+	// is the task's ID.
+	HeaderTaskID = "Forq-Id"
 	// HeaderError carries a dead-lettered task's last error.
 	HeaderError = "Forq-Error"
 	// HeaderAttempts carries the number of attempts a dead-lettered task made.
@@ -82,13 +98,22 @@ func TaskSubject(queue string) string { return SubjectTasksPrefix + queue }
 // DeadSubject returns the subject dead-lettered tasks of queue go to.
 func DeadSubject(queue string) string { return SubjectDeadPrefix + queue }
 
+// ScheduleSubject returns the subject of the schedule that holds delayed
+// task id of queue until it is due.
+func ScheduleSubject(queue, id string) string { return SubjectSchedulePrefix + queue + "." + id }
+
+// PeriodicSubject returns the subject of periodic task definition name.
+func PeriodicSubject(name string) string { return SubjectPeriodicPrefix + name }
+
 // ConsumerName returns the name of the durable consumer that all workers of
 // queue share. It is the queue's name.
 func ConsumerName(queue string) string { return queue }
 
 // ValidateQueue reports whether name can be a queue name: 1 to 64 ASCII
 // letters, digits, '-' and '_', so that it is one subject token and a valid
-// consumer name. The error wraps ErrInvalidQueue.
+// consumer name, and not ending in "--high" or "--low", which name the
+// consumers of a queue's priority levels (see Priority). The error wraps
+// ErrInvalidQueue.
 func ValidateQueue(name string) error {
 	if name == "" {
 		return fmt.Errorf("%w: empty name", ErrInvalidQueue)
@@ -100,6 +125,9 @@ func ValidateQueue(name string) error {
 		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_') {
 			return fmt.Errorf("%w: %q has %q; use letters, digits, '-' and '_'", ErrInvalidQueue, name, r)
 		}
+	}
+	if s, ok := reservedQueueSuffix(name); ok {
+		return fmt.Errorf("%w: %q ends with %q, which is reserved for the consumers of a queue's priority levels", ErrInvalidQueue, name, s)
 	}
 	return nil
 }

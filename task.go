@@ -29,6 +29,26 @@ type Task struct {
 	// BucketResults, so that it can be waited for or looked up. Failures
 	// are recorded whatever Record says.
 	Record bool
+	// Deadline, if not zero, is when the task expires if no worker has
+	// started it: the broker drops it (per-message TTL) and a worker that
+	// receives it later records it as expired without running it.
+	Deadline time.Time
+	// At, if not zero, makes the task a delayed one: the broker holds it
+	// and queues it at At, by the broker's clock. Not with Delay.
+	At time.Time
+	// Delay, if positive, makes the task a delayed one: the broker queues
+	// it Delay after the enqueue, measured by the broker's clock (the
+	// producer's clock may be off). Not with At.
+	Delay time.Duration
+	// LockKey, if set, keeps the task from running while another task
+	// with the same lock key runs, anywhere (see BucketLocks).
+	LockKey string
+	// UniqueKey, if set, keeps a second task with the same key from being
+	// enqueued while this one is queued or running (see BucketUnique).
+	UniqueKey string
+	// Priority is the task's level within its queue; the zero value is
+	// PriorityNormal. Workers start higher levels first (see Priority).
+	Priority Priority
 }
 
 // NewID returns a new task ID: a UUIDv7, which sorts by creation time.
@@ -64,6 +84,9 @@ func (t *Task) Validate() error {
 			}
 		}
 	}
+	if !t.Priority.Valid() {
+		return fmt.Errorf("%w: priority %d: use PriorityLow, PriorityNormal or PriorityHigh", ErrInvalidTask, t.Priority)
+	}
 	if t.MaxAttempts < 0 {
 		return fmt.Errorf("%w: max attempts %d is negative", ErrInvalidTask, t.MaxAttempts)
 	}
@@ -72,6 +95,19 @@ func (t *Task) Validate() error {
 	}
 	if t.Timeout < 0 {
 		return fmt.Errorf("%w: timeout %s is negative", ErrInvalidTask, t.Timeout)
+	}
+	if t.LockKey != "" {
+		if err := ValidateKey("lock", t.LockKey); err != nil {
+			return err
+		}
+	}
+	if t.UniqueKey != "" {
+		if err := ValidateKey("unique", t.UniqueKey); err != nil {
+			return err
+		}
+	}
+	if !t.Deadline.IsZero() && !t.Deadline.After(time.Now()) {
+		return fmt.Errorf("%w: deadline %s has passed", ErrInvalidTask, t.Deadline.Format(time.RFC3339))
 	}
 	return nil
 }
@@ -94,11 +130,14 @@ const (
 	StateDead State = "dead"
 	// StateCanceled: the task was canceled; final.
 	StateCanceled State = "canceled"
+	// StateExpired: the task was not started before its deadline and was
+	// dropped without running; final.
+	StateExpired State = "expired"
 )
 
 // Final reports whether s is an end state: succeeded, dead or canceled.
 func (s State) Final() bool {
-	return s == StateSucceeded || s == StateDead || s == StateCanceled
+	return s == StateSucceeded || s == StateDead || s == StateCanceled || s == StateExpired
 }
 
 // Result is what BucketResults holds for a task, JSON-encoded under the
@@ -114,5 +153,10 @@ type Result struct {
 	StartedAt  time.Time `json:"started_at,omitzero"`
 	FinishedAt time.Time `json:"finished_at,omitzero"`
 	WorkerPID  int       `json:"worker_pid,omitempty"`
-	Host       string    `json:"host,omitempty"`
+	// Deadline is when the task expires if not started; zero if never.
+	Deadline time.Time `json:"deadline,omitzero"`
+	// ScheduledAt is when a delayed task is due, by the broker's clock;
+	// set on its queued record.
+	ScheduledAt time.Time `json:"scheduled_at,omitzero"`
+	Host        string    `json:"host,omitempty"`
 }

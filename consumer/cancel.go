@@ -78,6 +78,7 @@ func (w *Worker) isCanceled(id string) bool {
 // dropCanceled ends a canceled task: recorded as canceled, removed from the
 // queue, not retried.
 func (w *Worker) dropCanceled(log *taskLog, t *Task, res *forq.Result) {
+	w.ended(log, t)
 	res.State, res.Error = forq.StateCanceled, forq.ErrCanceled.Error()
 	if res.FinishedAt.IsZero() {
 		res.FinishedAt = time.Now().UTC()
@@ -87,4 +88,5 @@ func (w *Worker) dropCanceled(log *taskLog, t *Task, res *forq.Result) {
 		log.get().Warn("ack of canceled task failed; it will be dropped again when redelivered", "err", err)
 	}
 	log.get().Info("task canceled")
+	w.observe(t, OutcomeCanceled, res)
 }

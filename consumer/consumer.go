@@ -11,6 +11,7 @@ import (
 	"runtime"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -30,6 +31,8 @@ const (
 	// DefaultFetchWait is how long one pull request waits at the broker
 	// for tasks. It bounds how long a stop waits for the fetch in flight.
 	DefaultFetchWait = time.Second
+	// DefaultStatusInterval is how often a worker publishes its status.
+	DefaultStatusInterval = 2 * time.Second
 )
 
 // ErrPermanent marks a handler error that must not be retried: the task is
@@ -58,8 +61,11 @@ type Task struct {
 	MaxAttempts int
 	// Header has the message's headers, for Forq-* headers a feature adds.
 	Header nats.Header
+	// Priority is the level of the queue the task came from.
+	Priority forq.Priority
 
-	msg jetstream.Msg
+	msg  jetstream.Msg
+	lock *lockHold // the task's lock while it holds one
 }
 
 // InProgress tells the broker the task is still being worked on. The worker
@@ -82,8 +88,19 @@ func (f HandlerFunc) Handle(ctx context.Context, t *Task) ([]byte, error) { retu
 // Config configures a Worker. The zero value works: queue "default", one
 // handler at a time.
 type Config struct {
-	// Queues to pull from; empty means forq.DefaultQueue.
+	// Queues to pull from; empty means forq.DefaultQueue. The worker
+	// serves every priority level of each, highest first; see priority.go.
 	Queues []string
+	// Order chooses between Queues within a priority level: OrderStrict
+	// (the default, "") or OrderWeighted.
+	Order Order
+	// Weights of the queues with OrderWeighted, by queue name; a queue
+	// not named weighs 1.
+	Weights map[string]int
+	// IdlePoll bounds the long poll of an idle worker, so that it notices
+	// tasks of its other levels and queues within about that time; 0
+	// means DefaultIdlePoll. The long poll is also bounded by FetchWait.
+	IdlePoll time.Duration
 	// Concurrency is how many handlers run at once in this process;
 	// 0 means DefaultConcurrency.
 	Concurrency int
@@ -103,6 +120,12 @@ type Config struct {
 	// FetchWait is how long one pull waits at the broker; 0 means
 	// DefaultFetchWait.
 	FetchWait time.Duration
+	// Observer, if not nil, is told how every task delivery ends.
+	Observer Observer
+	// StatusInterval is how often the worker rewrites its status in
+	// forq.BucketWorkers (what "forq stats" lists); 0 means
+	// DefaultStatusInterval, negative turns it off.
+	StatusInterval time.Duration
 	// Logger gets the worker's events; nil means slog.Default().
 	Logger *slog.Logger
 	// Replicas, ResultTTL and DuplicateWindow apply when this worker is the
@@ -110,6 +133,12 @@ type Config struct {
 	Replicas        int
 	ResultTTL       time.Duration
 	DuplicateWindow time.Duration
+	// LockTTL is how long the lock of a task with a lock key outlives this
+	// worker if it dies; 0 means forq.DefaultLockTTL. See lock.go.
+	LockTTL time.Duration
+	// LockWait is the first delay before a task whose lock is busy is
+	// offered again; 0 means DefaultLockWait.
+	LockWait time.Duration
 }
 
 // Worker pulls tasks and runs their handlers. Register handlers before Run.
@@ -126,15 +155,27 @@ type Worker struct {
 	slots     chan struct{}
 	claimed   atomic.Int64 // tasks fetched toward MaxTasks
 	processed atomic.Int64
+	inflight  atomic.Int64
+	started   time.Time
+	window    *window
+	locks     lockState
 
 	mu       sync.Mutex
-	running  map[*run]struct{}
+	running  map[*run]struct{}   // one per runner goroutine
 	canceled map[string]struct{} // task IDs with a cancel request
+	stopping error               // set when the grace is over: the cause for handlers
 }
 
+// run is a runner goroutine's current task, guarded by Worker.mu: id and
+// cancel are set while a handler runs ("" and nil between tasks); msg, beat
+// and next drive its heartbeats. A runner keeps its run for its life, so a
+// task costs no map insert.
 type run struct {
 	id     string
 	cancel context.CancelCauseFunc
+	msg    jetstream.Msg
+	beat   time.Duration
+	next   time.Time
 }
 
 // errStopping is the cause given to handlers canceled at the end of a stop.
@@ -155,6 +196,12 @@ func New(ctx context.Context, nc *nats.Conn, cfg Config) (*Worker, error) {
 	if cfg.Concurrency < 0 || cfg.MaxTasks < 0 || cfg.Grace < 0 || cfg.RetryBase < 0 || cfg.RetryMax < 0 || cfg.FetchWait < 0 {
 		return nil, fmt.Errorf("consumer: %w: negative concurrency, max tasks or duration", forq.ErrInvalidOption)
 	}
+	if err := checkLockConfig(&cfg); err != nil {
+		return nil, err
+	}
+	if err := checkOrder(&cfg); err != nil {
+		return nil, err
+	}
 	if cfg.Concurrency == 0 {
 		cfg.Concurrency = DefaultConcurrency
 	}
@@ -172,6 +219,9 @@ func New(ctx context.Context, nc *nats.Conn, cfg Config) (*Worker, error) {
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
+	}
+	if cfg.StatusInterval == 0 {
+		cfg.StatusInterval = DefaultStatusInterval
 	}
 	js, err := jetstream.New(nc)
 	if err != nil {
@@ -194,6 +244,7 @@ func New(ctx context.Context, nc *nats.Conn, cfg Config) (*Worker, error) {
 		slots:    make(chan struct{}, cfg.Concurrency),
 		running:  map[*run]struct{}{},
 		canceled: map[string]struct{}{},
+		window:   newWindow(),
 	}, nil
 }
 
@@ -232,13 +283,9 @@ func (w *Worker) Processed() int64 { return w.processed.Load() }
 // declared. Broker outages are waited out: the connection reconnects and
 // fetching resumes.
 func (w *Worker) Run(ctx context.Context) error {
-	cons := make([]jetstream.Consumer, len(w.cfg.Queues))
-	for i, q := range w.cfg.Queues {
-		c, err := topology.EnsureConsumer(ctx, w.h.Tasks, q, w.cfg.AckWait)
-		if err != nil {
-			return fmt.Errorf("consumer: %w", err)
-		}
-		cons[i] = c
+	byQueue, cons, err := w.sources(ctx)
+	if err != nil {
+		return fmt.Errorf("consumer: %w", err)
 	}
 	// Handlers run under hard, which outlives ctx by the grace period.
 	hard, cancelHard := context.WithCancelCause(context.WithoutCancel(ctx))
@@ -252,12 +299,26 @@ func (w *Worker) Run(ctx context.Context) error {
 	if err := w.watchCancels(ctx, hard, &watcher); err != nil {
 		return fmt.Errorf("consumer: %w", err)
 	}
-	d := &dispatcher{w: w, hard: hard, jobs: make(chan job)}
-	var fetchers sync.WaitGroup
-	for i, c := range cons {
-		fetchers.Go(func() { w.fetchLoop(ctx, d, w.cfg.Queues[i], c) })
+	w.started = time.Now().UTC()
+	if w.cfg.StatusInterval > 0 {
+		watcher.Go(func() { w.publishStatus(hard) })
 	}
-	fetchers.Wait()
+	w.mu.Lock()
+	w.stopping = nil
+	w.mu.Unlock()
+	// Handlers' contexts do not hang from hard (whose children map would
+	// take an insert and a delete per task): the end of the grace cancels
+	// each running handler through w.running, see stopAll.
+	d := &dispatcher{w: w, hard: hard, base: context.WithoutCancel(hard), jobs: make(chan job)}
+	// One heartbeat loop for every running task.
+	beatDone := make(chan struct{})
+	var beater sync.WaitGroup
+	defer beater.Wait()
+	defer close(beatDone)
+	if tick := heartbeatTick(cons); tick > 0 {
+		beater.Go(func() { w.heartbeats(tick, beatDone) })
+	}
+	w.pullLoop(ctx, d, byQueue)
 	close(d.jobs)
 
 	// No more fetching. Let running handlers finish within the grace.
@@ -270,6 +331,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	case <-done:
 	case <-time.After(w.cfg.Grace):
 		w.log.Warn("grace period over: canceling running tasks; they will be redelivered")
+		w.stopAll(errStopping)
 		cancelHard(errStopping)
 		<-done
 	}
@@ -286,13 +348,76 @@ func (w *Worker) Abort() {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	for r := range w.running {
-		r.cancel(errStopping)
+		if r.cancel != nil {
+			r.cancel(errStopping)
+		}
+	}
+}
+
+// stopAll cancels every running handler with cause, and every handler
+// that starts from now on.
+func (w *Worker) stopAll(cause error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.stopping = cause
+	for r := range w.running {
+		if r.cancel != nil {
+			r.cancel(cause)
+		}
+	}
+}
+
+// heartbeatTick is how often the heartbeat loop looks for tasks due one:
+// a quarter of the shortest beat, so that a task's first heartbeat goes
+// out between ⅓ and 5⁄12 of its ack wait. 0 means no heartbeats.
+func heartbeatTick(cons []jetstream.Consumer) time.Duration {
+	var tick time.Duration
+	for _, c := range cons {
+		if aw := c.CachedInfo().Config.AckWait; aw > 0 {
+			b := beatOf(aw) / 4
+			if tick == 0 || b < tick {
+				tick = b
+			}
+		}
+	}
+	return tick
+}
+
+// beatOf is the interval of a task's heartbeats (in-progress acks).
+func beatOf(ackWait time.Duration) time.Duration { return max(ackWait/3, 100*time.Millisecond) }
+
+// heartbeats tells the broker every beat that each running task is still
+// being worked on, until done is closed.
+func (w *Worker) heartbeats(tick time.Duration, done <-chan struct{}) {
+	t := time.NewTicker(tick)
+	defer t.Stop()
+	var due []jetstream.Msg
+	for {
+		select {
+		case <-done:
+			return
+		case now := <-t.C:
+			due = due[:0]
+			w.mu.Lock()
+			for r := range w.running {
+				if r.msg != nil && r.beat > 0 && !now.Before(r.next) {
+					due = append(due, r.msg)
+					r.next = now.Add(r.beat)
+				}
+			}
+			w.mu.Unlock()
+			for _, m := range due {
+				_ = m.InProgress()
+			}
+			clear(due)
+		}
 	}
 }
 
 // job is one delivery for a runner to process.
 type job struct {
 	queue   string
+	prio    forq.Priority
 	ackWait time.Duration
 	m       jetstream.Msg
 }
@@ -305,7 +430,10 @@ type dispatcher struct {
 	w *Worker
 	// hard is Run's context for handlers; the dispatcher lives only
 	// inside Run, which owns it.
-	hard    context.Context
+	hard context.Context
+	// base is hard without its cancellation: the parent of handlers'
+	// contexts.
+	base    context.Context
 	jobs    chan job
 	n       atomic.Int64 // runners started
 	runners sync.WaitGroup
@@ -329,75 +457,23 @@ func (d *dispatcher) dispatch(j job) {
 }
 
 func (d *dispatcher) run(j job) {
+	w := d.w
+	r := &run{}
+	w.mu.Lock()
+	w.running[r] = struct{}{}
+	w.mu.Unlock()
+	defer func() {
+		w.mu.Lock()
+		delete(w.running, r)
+		w.mu.Unlock()
+	}()
 	for {
-		d.w.process(d.hard, j.queue, j.ackWait, j.m)
+		d.w.process(d.base, r, j.queue, j.prio, j.ackWait, j.m)
 		d.w.release(1)
 		var ok bool
 		if j, ok = <-d.jobs; !ok {
 			return
 		}
-	}
-}
-
-// fetchLoop pulls tasks of one queue while ctx lives and dispatches each
-// to a runner. Each task holds a slot.
-func (w *Worker) fetchLoop(ctx context.Context, d *dispatcher, queue string, c jetstream.Consumer) {
-	ackWait := c.CachedInfo().Config.AckWait
-	backoff := 100 * time.Millisecond
-	for ctx.Err() == nil {
-		if !w.acquire(ctx) {
-			return
-		}
-		k := 1
-		for k < cap(w.slots) && k < 256 && w.tryAcquire() {
-			k++
-		}
-		if max := int64(w.cfg.MaxTasks); max > 0 {
-			left := max - w.claimed.Load()
-			if left <= 0 {
-				w.release(k)
-				return
-			}
-			if int64(k) > left {
-				w.release(k - int(left))
-				k = int(left)
-			}
-			w.claimed.Add(int64(k))
-		}
-		batch, err := c.Fetch(k, jetstream.FetchMaxWait(w.cfg.FetchWait))
-		if err != nil {
-			w.unclaim(k)
-			w.release(k)
-			w.log.Warn("fetch failed; retrying", "queue", queue, "err", err, "retry_in", backoff)
-			if !sleep(ctx, backoff) {
-				return
-			}
-			backoff = min(backoff*2, 5*time.Second)
-			continue
-		}
-		n := 0
-		for m := range batch.Messages() {
-			n++
-			if ctx.Err() != nil {
-				// Stopping: give it back at once.
-				_ = m.Nak()
-				w.unclaim(1)
-				w.release(1)
-				continue
-			}
-			d.dispatch(job{queue: queue, ackWait: ackWait, m: m})
-		}
-		w.unclaim(k - n)
-		w.release(k - n)
-		if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) {
-			w.log.Warn("fetch failed; retrying", "queue", queue, "err", err, "retry_in", backoff)
-			if !sleep(ctx, backoff) {
-				return
-			}
-			backoff = min(backoff*2, 5*time.Second)
-			continue
-		}
-		backoff = 100 * time.Millisecond
 	}
 }
 
@@ -443,19 +519,29 @@ func sleep(ctx context.Context, d time.Duration) bool {
 }
 
 // process runs one delivery of a task to its end: ack, nak or dead letter.
-func (w *Worker) process(hard context.Context, queue string, ackWait time.Duration, m jetstream.Msg) {
+func (w *Worker) process(hard context.Context, r *run, queue string, prio forq.Priority, ackWait time.Duration, m jetstream.Msg) {
 	defer w.processed.Add(1)
-	t := &Task{Queue: queue, Payload: m.Data(), Header: m.Headers(), msg: m}
-	t.ID = t.Header.Get(forq.HeaderID)
+	w.inflight.Add(1)
+	defer w.inflight.Add(-1)
+	t := &Task{Queue: queue, Priority: prio, Payload: m.Data(), Header: m.Headers(), msg: m}
+	// Forq-Id, when present, is the task's ID (a task fired by a schedule,
+	// or retried from the dead letters, whose Nats-Msg-Id is only a
+	// de-duplication key); otherwise Nats-Msg-Id is.
+	t.ID = t.Header.Get(forq.HeaderTaskID)
+	if t.ID == "" {
+		t.ID = t.Header.Get(forq.HeaderID)
+	}
 	t.Type = t.Header.Get(forq.HeaderType)
 	t.Attempt = 1
-	if md, err := m.Metadata(); err == nil {
-		t.Attempt = int(md.NumDelivered)
-		if t.ID == "" {
+	if t.ID == "" {
+		if md, err := m.Metadata(); err == nil {
+			t.Attempt = int(md.NumDelivered)
 			// Published without an ID (e.g. by hand): the stream
 			// sequence is stable across redeliveries.
 			t.ID = "seq-" + strconv.FormatUint(md.Sequence.Stream, 10)
 		}
+	} else if n, ok := numDelivered(m.Reply()); ok {
+		t.Attempt = int(n)
 	}
 	log := &taskLog{w: w, t: t}
 	record := t.Header.Get(forq.HeaderRecord) == "1"
@@ -485,8 +571,19 @@ func (w *Worker) process(hard context.Context, queue string, ackWait time.Durati
 		w.fail(log, t, &res, bad)
 		return
 	}
+	if key := t.Header.Get(forq.HeaderLock); key != "" && !w.isCanceled(t.ID) {
+		var ok bool
+		if hard, ok = w.takeLock(hard, log, t, &res, key); !ok {
+			return
+		}
+		defer w.unlockTask(log, t)
+	}
 	if t.Attempt > t.MaxAttempts {
 		w.fail(log, t, &res, fmt.Errorf("%w: delivered %d times but allowed %d attempts: its workers stopped while running it", ErrPermanent, t.Attempt, t.MaxAttempts))
+		return
+	}
+	if dl, ok := deadline(t); ok && t.Attempt == 1 && time.Now().After(dl) {
+		w.expire(log, t, &res, dl)
 		return
 	}
 
@@ -505,10 +602,11 @@ func (w *Worker) process(hard context.Context, queue string, ackWait time.Durati
 			res.State = forq.StateRunning
 			w.put(log, &res)
 		}
-		out, err = w.runHandler(hard, t, h, timeout, ackWait)
+		out, err = w.runHandler(hard, r, t, h, timeout, ackWait, res.StartedAt)
 	}
 	res.FinishedAt = time.Now().UTC()
 	if err == nil {
+		w.ended(log, t)
 		if record {
 			res.State, res.Result = forq.StateSucceeded, out
 			if !w.put(log, &res) {
@@ -520,6 +618,7 @@ func (w *Worker) process(hard context.Context, queue string, ackWait time.Durati
 		if err := m.Ack(); err != nil {
 			log.get().Warn("ack failed; the task will be redelivered", "err", err)
 		}
+		w.observe(t, OutcomeSucceeded, &res)
 		if w.log.Enabled(context.Background(), slog.LevelDebug) {
 			log.get().Debug("task succeeded", "duration", res.FinishedAt.Sub(res.StartedAt))
 		}
@@ -538,6 +637,7 @@ func (w *Worker) process(hard context.Context, queue string, ackWait time.Durati
 			w.put(log, &res)
 		}
 		_ = m.Nak()
+		w.observe(t, OutcomeInterrupted, &res)
 		return
 	}
 	w.fail(log, t, &res, err)
@@ -561,7 +661,9 @@ func (x *taskLog) get() *slog.Logger {
 }
 
 // runHandler runs h with the task's deadline, heartbeats and panic guard.
-func (w *Worker) runHandler(hard context.Context, t *Task, h Handler, timeout, ackWait time.Duration) (out []byte, err error) {
+// hard is the parent of the handler's context; r is the runner's entry in
+// w.running, where the task is cancelable and gets its heartbeats.
+func (w *Worker) runHandler(hard context.Context, r *run, t *Task, h Handler, timeout, ackWait time.Duration, start time.Time) (out []byte, err error) {
 	ctx, cancel := context.WithCancelCause(hard)
 	defer cancel(nil)
 	if timeout > 0 {
@@ -569,40 +671,24 @@ func (w *Worker) runHandler(hard context.Context, t *Task, h Handler, timeout, a
 		ctx, c = context.WithTimeoutCause(ctx, timeout, fmt.Errorf("task timed out after %s", timeout))
 		defer c()
 	}
-	r := &run{id: t.ID, cancel: cancel}
 	w.mu.Lock()
-	w.running[r] = struct{}{}
-	if _, ok := w.canceled[t.ID]; ok {
+	r.id, r.cancel, r.msg = t.ID, cancel, t.msg
+	r.beat, r.next = 0, time.Time{}
+	if ackWait > 0 {
+		r.beat = beatOf(ackWait)
+		r.next = start.Add(r.beat)
+	}
+	if w.stopping != nil {
+		cancel(w.stopping)
+	} else if _, ok := w.canceled[t.ID]; ok {
 		cancel(forq.ErrCanceled)
 	}
 	w.mu.Unlock()
 	defer func() {
 		w.mu.Lock()
-		delete(w.running, r)
+		r.id, r.cancel, r.msg = "", nil, nil
 		w.mu.Unlock()
 	}()
-	if ackWait > 0 {
-		beat := max(ackWait/3, 100*time.Millisecond)
-		var hb *time.Timer
-		var mu sync.Mutex
-		stopped := false
-		mu.Lock()
-		hb = time.AfterFunc(beat, func() {
-			_ = t.msg.InProgress()
-			mu.Lock()
-			if !stopped {
-				hb.Reset(beat)
-			}
-			mu.Unlock()
-		})
-		mu.Unlock()
-		defer func() {
-			mu.Lock()
-			stopped = true
-			hb.Stop()
-			mu.Unlock()
-		}()
-	}
 	defer func() {
 		if p := recover(); p != nil {
 			buf := make([]byte, 4096)
@@ -627,14 +713,20 @@ func (w *Worker) fail(log *taskLog, t *Task, res *forq.Result, err error) {
 	if res.FinishedAt.IsZero() {
 		res.FinishedAt = time.Now().UTC()
 	}
+	delay := w.backoff(t.Attempt)
+	if dl, ok := deadline(t); ok && !errors.Is(err, ErrPermanent) && t.Attempt < t.MaxAttempts && time.Now().Add(delay).After(dl) {
+		// The broker drops the task at its deadline: a retry would never come.
+		err = fmt.Errorf("%w (not retried: its deadline %s comes before the next attempt)", err, dl.Format(time.RFC3339))
+		t.MaxAttempts = t.Attempt
+	}
 	if !errors.Is(err, ErrPermanent) && t.Attempt < t.MaxAttempts {
-		delay := w.backoff(t.Attempt)
 		res.State = forq.StateFailed
 		w.put(log, res)
 		log.get().Warn("task failed; will retry", "err", err, "retry_in", delay.Round(time.Millisecond))
 		if nerr := t.msg.NakWithDelay(delay); nerr != nil {
 			log.get().Warn("nak failed; the task will be redelivered after the ack wait", "err", nerr)
 		}
+		w.observe(t, OutcomeRetried, res)
 		return
 	}
 	if derr := w.deadLetter(t, err); derr != nil {
@@ -643,24 +735,38 @@ func (w *Worker) fail(log *taskLog, t *Task, res *forq.Result, err error) {
 		_ = t.msg.NakWithDelay(w.backoff(1))
 		return
 	}
+	w.ended(log, t)
 	res.State = forq.StateDead
 	w.put(log, res)
 	log.get().Error("task dead-lettered", "err", err, "attempts", t.Attempt)
 	if aerr := t.msg.Ack(); aerr != nil {
 		log.get().Warn("ack of dead-lettered task failed", "err", aerr)
 	}
+	w.observe(t, OutcomeDead, res)
 }
 
 func (w *Worker) deadLetter(t *Task, cause error) error {
 	m := nats.NewMsg(forq.DeadSubject(t.Queue))
 	m.Data = t.Payload
 	for k, vs := range t.Header {
-		if k == "Nats-Expected-Stream" || k == "Nats-TTL" {
+		// Nats-Schedule-Next and Nats-Scheduler (on a task a schedule
+		// fired) are the broker's own: a publish carrying them is refused.
+		if k == "Nats-Expected-Stream" || k == "Nats-TTL" || strings.HasPrefix(k, "Nats-Schedule") {
 			continue
 		}
 		m.Header[k] = slices.Clone(vs)
 	}
-	m.Header.Set(forq.HeaderID, t.ID)
+	// The dead letter's de-duplication key is this delivery's: a worker
+	// that dies between publishing it and acking the task publishes the
+	// same key again and the broker keeps one letter, while the same task
+	// dying again later (retried, or enqueued again) gets a letter of its
+	// own.
+	key := t.ID
+	if md, err := t.msg.Metadata(); err == nil {
+		key += "/dead/" + strconv.FormatUint(md.Sequence.Stream, 10)
+	}
+	m.Header.Set(forq.HeaderID, key)
+	m.Header.Set(forq.HeaderTaskID, t.ID)
 	msg := cause.Error()
 	if len(msg) > 2048 {
 		msg = msg[:2048] + "…"

@@ -142,7 +142,7 @@ func TestPoisonTasksAreDeadLetteredWhileOthersComplete(t *testing.T) {
 	}
 	byID := map[string]*jetstream.RawStreamMsg{}
 	for _, m := range dead {
-		byID[m.Header.Get(forq.HeaderID)] = m
+		byID[m.Header.Get(forq.HeaderTaskID)] = m
 	}
 	for id, want := range map[string]string{"poison-fail": "boom: the database is gone", "poison-panic": "assignment to entry in nil map"} {
 		m := byID[id]

@@ -35,6 +35,11 @@ func (p *Producer) Cancel(ctx context.Context, id string) error {
 			return fmt.Errorf("cancel %s: %w: it is %s", id, forq.ErrFinished, r.State)
 		}
 	}
+	// A delayed task's schedule goes first, so that it never fires; the
+	// cancel request covers one that has just fired.
+	if err := p.unschedule(ctx, id); err != nil {
+		return fmt.Errorf("cancel %s: remove its schedule: %w", id, err)
+	}
 	if _, err := p.cancels.PutString(ctx, id, time.Now().UTC().Format(time.RFC3339Nano)); err != nil {
 		return fmt.Errorf("cancel %s: %w", id, err)
 	}

@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"strconv"
 	"time"
 
@@ -36,6 +37,12 @@ type Config struct {
 	Replicas        int
 	ResultTTL       time.Duration
 	DuplicateWindow time.Duration
+	// Clock is the producer's clock; nil means time.Now. Delays are kept
+	// by the broker's clock whatever it says (tests skew it to show that).
+	Clock func() time.Time
+	// UniqueTTL bounds how long a unique key stays claimed if no worker
+	// releases it; 0 means forq.DefaultUniqueTTL. See WithUnique.
+	UniqueTTL time.Duration
 }
 
 // Producer enqueues tasks. It is safe for concurrent use. It does not own
@@ -46,6 +53,8 @@ type Producer struct {
 	results jetstream.KeyValue
 	cancels jetstream.KeyValue
 	window  int
+	clock   clock // the broker's clock as this producer sees it
+	unique  uniqueKeys
 }
 
 // Info describes an enqueued task.
@@ -82,7 +91,7 @@ func New(ctx context.Context, nc *nats.Conn, cfg Config) (*Producer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("producer: %w", err)
 	}
-	return &Producer{nc: nc, js: js, results: h.Results, cancels: h.Cancel, window: cfg.Window}, nil
+	return &Producer{nc: nc, js: js, results: h.Results, cancels: h.Cancel, window: cfg.Window, clock: clock{now: cfg.Clock}, unique: uniqueKeys{kv: h.Unique, ttl: cfg.UniqueTTL}}, nil
 }
 
 // Option changes how a task is enqueued; it overrides the Task's field.
@@ -133,6 +142,45 @@ func WithID(id string) Option {
 	}
 }
 
+// WithDeadline makes the task expire if no worker has started it by t:
+// the broker drops it and it ends in state expired without running.
+func WithDeadline(t time.Time) Option {
+	return func(task *forq.Task) error {
+		if !t.After(time.Now()) {
+			return fmt.Errorf("%w: deadline %s is not in the future", forq.ErrInvalidOption, t.Format(time.RFC3339))
+		}
+		task.Deadline = t
+		return nil
+	}
+}
+
+// WithExpiresIn makes the task expire if no worker has started it within d.
+func WithExpiresIn(d time.Duration) Option {
+	return func(task *forq.Task) error {
+		if d <= 0 {
+			return fmt.Errorf("%w: expiry %s is not positive", forq.ErrInvalidOption, d)
+		}
+		task.Deadline = time.Now().Add(d)
+		return nil
+	}
+}
+
+// errExpired is the error recorded for an expired task.
+const errExpired = "not started before its deadline"
+
+// WithPriority sets the task's priority level within its queue: workers
+// start high tasks before normal ones, and normal ones before low ones.
+// forq.ParsePriority reads a level from a string.
+func WithPriority(p forq.Priority) Option {
+	return func(t *forq.Task) error {
+		if !p.Valid() {
+			return fmt.Errorf("%w: priority %d: use forq.PriorityLow, forq.PriorityNormal or forq.PriorityHigh", forq.ErrInvalidOption, p)
+		}
+		t.Priority = p
+		return nil
+	}
+}
+
 // WithRecord asks workers to record the task's state and result so that
 // Wait and Result can find it.
 func WithRecord() Option {
@@ -148,6 +196,9 @@ func WithRecord() Option {
 // broker's error.
 func (p *Producer) Enqueue(ctx context.Context, task forq.Task, opts ...Option) (*Info, error) {
 	msg, err := p.prepare(ctx, &task, opts)
+	if id, ok := duplicateOf(err); ok {
+		return &Info{ID: id, Queue: task.Queue, Duplicate: true}, nil
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -197,8 +248,16 @@ func (e *BatchError) Unwrap() []error {
 // task. Invalid tasks are reported before anything is published.
 func (p *Producer) EnqueueMany(ctx context.Context, tasks []forq.Task, opts ...Option) ([]Info, error) {
 	msgs := make([]*nats.Msg, len(tasks))
+	var dups map[int]string // tasks whose unique key another task holds
 	for i := range tasks {
 		m, err := p.prepare(ctx, &tasks[i], opts)
+		if id, ok := duplicateOf(err); ok {
+			if dups == nil {
+				dups = map[int]string{}
+			}
+			dups[i] = id
+			continue
+		}
 		if err != nil {
 			for j := range i {
 				p.forget(tasks[j])
@@ -228,6 +287,10 @@ func (p *Producer) EnqueueMany(ctx context.Context, tasks []forq.Task, opts ...O
 		}
 	}()
 	for i, m := range msgs {
+		if m == nil {
+			infos[i] = Info{ID: dups[i], Queue: tasks[i].Queue, Duplicate: true}
+			continue
+		}
 		if err := ctx.Err(); err != nil {
 			errs[i] = fmt.Errorf("enqueue %s: %w", tasks[i].ID, err)
 			continue
@@ -266,7 +329,7 @@ func (p *Producer) prepare(ctx context.Context, t *forq.Task, opts []Option) (*n
 	if err := t.Validate(); err != nil {
 		return nil, err
 	}
-	m := nats.NewMsg(forq.TaskSubject(t.Queue))
+	m := nats.NewMsg(forq.LevelSubject(t.Queue, t.Priority))
 	m.Data = t.Payload
 	m.Header.Set(forq.HeaderID, t.ID)
 	m.Header.Set(forq.HeaderType, t.Type)
@@ -277,15 +340,40 @@ func (p *Producer) prepare(ctx context.Context, t *forq.Task, opts []Option) (*n
 	if t.Record {
 		m.Header.Set(forq.HeaderRecord, "1")
 	}
+	if t.Priority != forq.PriorityNormal {
+		m.Header.Set(forq.HeaderPriority, t.Priority.String())
+	}
+	if t.LockKey != "" {
+		m.Header.Set(forq.HeaderLock, t.LockKey)
+	}
+	if t.UniqueKey != "" {
+		m.Header.Set(forq.HeaderUnique, t.UniqueKey)
+	}
+	if !t.Deadline.IsZero() {
+		m.Header.Set(forq.HeaderDeadline, t.Deadline.UTC().Format(time.RFC3339Nano))
+		// The broker's TTL is in whole seconds, at least one.
+		m.Header.Set("Nats-TTL", strconv.FormatInt(max(1, int64(math.Ceil(time.Until(t.Deadline).Seconds()))), 10)+"s")
+	}
+	if scheduled(t) {
+		if err := p.schedule(ctx, t, m); err != nil {
+			return nil, err
+		}
+	}
 	if max := p.nc.MaxPayload(); max > 0 {
 		size := int64(len(m.Data)) + headerSize(m.Header) + int64(len(m.Subject))
 		if size > max {
 			return nil, fmt.Errorf("%w: task %s is %d bytes with its headers; the broker accepts at most %d", forq.ErrPayloadTooLarge, t.ID, size, max)
 		}
 	}
+	if t.UniqueKey != "" {
+		if err := p.claimUnique(ctx, t); err != nil {
+			return nil, err
+		}
+	}
 	if t.Record {
-		b, _ := json.Marshal(forq.Result{ID: t.ID, Queue: t.Queue, Type: t.Type, State: forq.StateQueued})
+		b, _ := json.Marshal(forq.Result{ID: t.ID, Queue: t.Queue, Type: t.Type, State: forq.StateQueued, Deadline: t.Deadline, ScheduledAt: t.At})
 		if _, err := p.results.Create(ctx, t.ID, b); err != nil && !errors.Is(err, jetstream.ErrKeyExists) {
+			p.releaseUnique(*t)
 			return nil, fmt.Errorf("enqueue %s: record: %w", t.ID, err)
 		}
 	}
@@ -295,6 +383,7 @@ func (p *Producer) prepare(ctx context.Context, t *forq.Task, opts []Option) (*n
 // forget removes the queued record of a task whose enqueue failed, so that
 // nobody waits for a task that does not exist.
 func (p *Producer) forget(t forq.Task) {
+	p.releaseUnique(t)
 	if !t.Record || t.ID == "" {
 		return
 	}
@@ -342,10 +431,19 @@ func (p *Producer) Wait(ctx context.Context, id string) (*forq.Result, error) {
 		return nil, fmt.Errorf("wait %s: %w", id, err)
 	}
 	defer w.Stop()
+	// A task that expires in the queue gets no update: wake at its
+	// deadline and look again.
+	expiry := time.NewTimer(time.Hour)
+	expiry.Stop()
+	defer expiry.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return nil, fmt.Errorf("wait %s: %w", id, ctx.Err())
+		case <-expiry.C:
+			if r, err := p.Result(ctx, id); err == nil && r.State.Final() {
+				return r, nil
+			}
 		case e, ok := <-w.Updates():
 			if !ok {
 				return nil, fmt.Errorf("wait %s: watch closed", id)
@@ -360,6 +458,9 @@ func (p *Producer) Wait(ctx context.Context, id string) (*forq.Result, error) {
 			if r.State.Final() {
 				return r, nil
 			}
+			if r.State == forq.StateQueued && !r.Deadline.IsZero() {
+				expiry.Reset(time.Until(r.Deadline) + 10*time.Millisecond)
+			}
 		}
 	}
 }
@@ -368,6 +469,11 @@ func decode(id string, b []byte) (*forq.Result, error) {
 	var r forq.Result
 	if err := json.Unmarshal(b, &r); err != nil {
 		return nil, fmt.Errorf("result %s: malformed record: %w", id, err)
+	}
+	if r.State == forq.StateQueued && !r.Deadline.IsZero() && time.Now().After(r.Deadline) {
+		// Never started before its deadline: the broker drops it, or a
+		// worker that receives it late drops it as expired.
+		r.State, r.Error = forq.StateExpired, errExpired
 	}
 	return &r, nil
 }

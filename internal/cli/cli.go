@@ -59,8 +59,15 @@ type CLI struct {
 	Run     RunCmd     `cmd:"" help:"All in one: the embedded broker and a pool of workers. The quickest way to try forq."`
 	Result  ResultCmd  `cmd:"" help:"Show a task's recorded result."`
 	Cancel  CancelCmd  `cmd:"" help:"Cancel tasks: a queued one never starts, a running one is stopped wherever it runs."`
+	Stats   StatsCmd   `cmd:"" help:"Show each queue (queued, running, dead, paused, done and failed in the last minute) and the workers."`
+	Dead    DeadCmd    `cmd:"" help:"List, show, retry or purge dead letters: tasks that used up their attempts."`
+	Pause   PauseCmd   `cmd:"" help:"Pause a queue: its workers start nothing until 'forq resume' (or --until/--for)."`
+	Resume  ResumeCmd  `cmd:"" help:"Resume a paused queue."`
+	Health  HealthCmd  `cmd:"" help:"Exit 0 if the broker (or a forq process's /healthz) is healthy; for scripts and docker-compose healthchecks."`
 	Demo    DemoCmd    `cmd:"" help:"Run the multiprocessing tutorial's examples over the queue with real processes."`
 	Bench   BenchCmd   `cmd:"" help:"Measure forq's throughput, latency and footprint, optionally beside raw JetStream."`
+
+	Schedule ScheduleCmd `cmd:"" help:"Periodic tasks: add (--every or --cron), ls, rm."`
 }
 
 const description = `forq is a durable task queue on NATS JetStream: Python's multiprocessing

@@ -30,13 +30,22 @@ type EnqueueCmd struct {
 	File        string        `short:"f" help:"Read the payload from this file, '-' for standard input." xor:"source"`
 	Lines       bool          `help:"With --file: one task per non-empty line."`
 	Queue       string        `short:"q" default:"default" help:"Queue to enqueue to."`
+	Priority    string        `short:"p" default:"normal" help:"Priority level within the queue: low, normal or high. Workers start higher levels first."`
 	MaxAttempts int           `default:"3" help:"How many times the task may run before it is dead-lettered."`
 	Timeout     time.Duration `default:"0" help:"Bound on each attempt, e.g. 30s; 0 is none."`
 	ID          string        `help:"Task ID (default: a new UUIDv7). The same ID again within the duplicate window is not enqueued twice."`
 	Record      bool          `help:"Record the task's state and result, to look up with 'forq result'."`
+	Lock        string        `name:"lock" placeholder:"KEY" help:"Lock key: tasks with the same lock key never run at the same time, on any worker. Waiting for the lock does not use up attempts."`
+	Unique      string        `name:"unique" placeholder:"KEY" help:"Unique key: while a task with this key is queued or running, enqueue nothing and print that task's ID."`
+	ExpireIn    time.Duration `default:"0" help:"Drop the task, unrun (state expired), if no worker has started it within this time; 0 is never."`
+	Deadline    string        `placeholder:"TIME" help:"Like --expire-in, at an RFC 3339 time, e.g. 2026-12-01T09:00:00Z."`
 	Wait        bool          `short:"w" help:"Wait for the result and print it; exit 1 if the task failed."`
 	WaitTimeout time.Duration `default:"0" help:"With --wait: give up after this long; 0 waits forever."`
 	Quiet       bool          `help:"Do not print task IDs."`
+	In          time.Duration `help:"Delay: queue the task this long from now (e.g. 10m), by the broker's clock." xor:"when"`
+	At          string        `help:"Queue the task at this time, RFC 3339 (e.g. 2026-12-01T09:00:00Z), by the broker's clock." xor:"when"`
+
+	ProgressFlags `embed:""`
 }
 
 const bulkChunk = 5000
@@ -58,17 +67,38 @@ func (c *EnqueueCmd) Run(env *Env) error {
 	if err := forq.ValidateQueue(c.Queue); err != nil {
 		return usageErr("--queue: %v", err)
 	}
+	prio, err := forq.ParsePriority(c.Priority)
+	if err != nil {
+		return usageErr("--priority %q: use low, normal or high", c.Priority)
+	}
 	if c.MaxAttempts < 1 {
 		return usageErr("--max-attempts %d: must be at least 1", c.MaxAttempts)
 	}
 	if c.Timeout < 0 {
 		return usageErr("--timeout %s: must not be negative", c.Timeout)
 	}
+	when, err := c.when()
+	if err != nil {
+		return err
+	}
 	if c.Lines && c.File == "" {
 		return usageErr("--lines needs --file (use --file - for standard input)")
 	}
 	if c.Lines && c.ID != "" {
 		return usageErr("--id names one task; it cannot go with --lines")
+	}
+	if c.Lines && c.Unique != "" {
+		return usageErr("--unique names one task; it cannot go with --lines")
+	}
+	if c.Lock != "" {
+		if err := forq.ValidateKey("lock", c.Lock); err != nil {
+			return usageErr("--lock: %v", err)
+		}
+	}
+	if c.Unique != "" {
+		if err := forq.ValidateKey("unique", c.Unique); err != nil {
+			return usageErr("--unique: %v", err)
+		}
 	}
 	payloads, err := c.payloads(env)
 	if err != nil {
@@ -95,13 +125,34 @@ func (c *EnqueueCmd) Run(env *Env) error {
 	if err != nil {
 		return err
 	}
-	opts := []producer.Option{producer.WithQueue(c.Queue), producer.WithMaxAttempts(c.MaxAttempts)}
+	opts := []producer.Option{producer.WithQueue(c.Queue), producer.WithMaxAttempts(c.MaxAttempts), producer.WithPriority(prio)}
 	if c.Timeout > 0 {
 		opts = append(opts, producer.WithTimeout(c.Timeout))
 	}
 	if c.Record || c.Wait {
 		opts = append(opts, producer.WithRecord())
 	}
+	if c.Lock != "" {
+		opts = append(opts, producer.WithLock(c.Lock))
+	}
+	if c.Unique != "" {
+		opts = append(opts, producer.WithUnique(c.Unique))
+	}
+	switch {
+	case c.ExpireIn < 0:
+		return usageErr("--expire-in %s: must not be negative", c.ExpireIn)
+	case c.ExpireIn > 0 && c.Deadline != "":
+		return usageErr("--expire-in and --deadline both set a deadline; give one")
+	case c.ExpireIn > 0:
+		opts = append(opts, producer.WithExpiresIn(c.ExpireIn))
+	case c.Deadline != "":
+		dl, err := time.Parse(time.RFC3339, c.Deadline)
+		if err != nil {
+			return usageErr("--deadline %q is not an RFC 3339 time like 2026-12-01T09:00:00Z", c.Deadline)
+		}
+		opts = append(opts, producer.WithDeadline(dl))
+	}
+	opts = append(opts, when...)
 	var ids []string
 	if !c.Lines {
 		info, err := p.Enqueue(ctx, forq.Task{ID: c.ID, Type: c.Type, Payload: payloads[0]}, opts...)
@@ -111,11 +162,19 @@ func (c *EnqueueCmd) Run(env *Env) error {
 		if !c.Quiet && !c.Wait {
 			fmt.Fprintln(env.Stdout, info.ID)
 		}
-		if info.Duplicate {
+		if info.Duplicate && c.Unique != "" && info.Sequence == 0 {
+			env.Log.Warn("a task with this unique key is queued or running; not enqueued again", "unique", c.Unique, "task", info.ID)
+		} else if info.Duplicate {
 			env.Log.Warn("a task with this ID was already enqueued; not enqueued again", "task", info.ID)
 		}
 		ids = append(ids, info.ID)
 	} else {
+		// Progress on stderr; IDs printed line by line on the same
+		// terminal would break a bar, so they get plain lines.
+		printIDs := !c.Quiet && !c.Wait
+		prog := newProgress(c.Progress, env.Stderr, c.ProgressInterval, printIDs && isTerminal(env.Stdout),
+			progressLabels{desc: "enqueue", verb: "enqueued", unit: "tasks"}, int64(len(payloads)))
+		defer prog.Finish()
 		for start := 0; start < len(payloads); start += bulkChunk {
 			chunk := payloads[start:min(start+bulkChunk, len(payloads))]
 			tasks := make([]forq.Task, len(chunk))
@@ -133,10 +192,13 @@ func (c *EnqueueCmd) Run(env *Env) error {
 					env.Log.Error("not enqueued", "line", start+i+1, "err", be.Errs[i])
 				}
 			}
+			prog.Set(int64(len(ids)))
 			if err != nil {
+				prog.Finish()
 				return fmt.Errorf("enqueued %d of %d tasks: %w", len(ids), len(payloads), enqueueErr(err))
 			}
 		}
+		prog.Finish()
 		fmt.Fprintf(env.Stderr, "enqueued %d tasks to queue %s\n", len(ids), c.Queue)
 	}
 	if !c.Wait {

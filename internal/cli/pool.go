@@ -11,10 +11,12 @@ import (
 	"strings"
 	"time"
 
+	"github.com/forqhq/forq"
 	"github.com/forqhq/forq/internal/topology"
 	"github.com/forqhq/forq/pool"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // PoolFlags configure the supervisor of "forq pool" and "forq run".
@@ -28,6 +30,8 @@ type PoolFlags struct {
 	ScaleInterval    time.Duration `default:"1s" help:"With --autoscale or --until-empty: how often the backlog is read."`
 	ScaleIdle        time.Duration `default:"5s" help:"With --autoscale: how long the queue must be idle before the pool shrinks by one worker."`
 	UntilEmpty       bool          `help:"Close and join: exit once the queue is drained and every worker is done."`
+
+	ProgressFlags `embed:""` // of draining, with --until-empty
 }
 
 // PoolCmd is "forq pool".
@@ -53,6 +57,9 @@ func runPool(ctx context.Context, env *Env, cf ConnFlags, tf TopologyFlags, wf W
 		command = command[1:]
 	}
 	if err := validateQueues(wf.Queue); err != nil {
+		return err
+	}
+	if _, _, err := wf.order(); err != nil {
 		return err
 	}
 	cfg := pool.Config{
@@ -108,6 +115,18 @@ func runPool(ctx context.Context, env *Env, cf ConnFlags, tf TopologyFlags, wf W
 	if maxTasks > 0 {
 		cfg.Env = append(cfg.Env, "FORQ_MAX_TASKS="+strconv.Itoa(maxTasks))
 	}
+	// The order between queues, like the queues, goes by the environment,
+	// so that a worker command of the user's can read it too.
+	if wf.Order != "" {
+		cfg.Env = append(cfg.Env, "FORQ_ORDER="+wf.Order)
+	}
+	if len(wf.Weights) > 0 {
+		cfg.Env = append(cfg.Env, "FORQ_WEIGHTS="+strings.Join(wf.Weights, ","))
+	}
+	if wf.MetricsPort > 0 {
+		// The pool serves on the port; child i on port + 1 + i.
+		cfg.Env = append(cfg.Env, "FORQ_METRICS_PORT="+strconv.Itoa(wf.MetricsPort+1), "FORQ_METRICS_HOST="+wf.MetricsHost)
+	}
 	if len(command) > 0 {
 		cfg.Command = command
 	} else {
@@ -122,6 +141,7 @@ func runPool(ctx context.Context, env *Env, cf ConnFlags, tf TopologyFlags, wf W
 			"--ack-wait", wf.AckWait.String(),
 			"--retry-base", wf.RetryBase.String(),
 			"--retry-max", wf.RetryMax.String(),
+			"--lock-ttl", wf.LockTTL.String(),
 			"--replicas", strconv.Itoa(tf.Replicas),
 			"--result-ttl", tf.ResultTTL.String(),
 			"--connect-timeout", cf.ConnectTimeout.String(),
@@ -155,11 +175,51 @@ func runPool(ctx context.Context, env *Env, cf ConnFlags, tf TopologyFlags, wf W
 	if cfg.Max == 0 && !cfg.UntilEmpty {
 		cfg.Backlog = nil
 	}
+	var prog *progress
+	if cfg.UntilEmpty && cfg.Backlog != nil {
+		// The backlog falling to 0, read as often as the pool reads it.
+		if prog, cfg.Backlog, err = drainProgress(ctx, pf.ProgressFlags, env.Stderr, cfg.Backlog); err != nil {
+			return err
+		}
+		defer prog.Finish()
+		if prog.isBar() {
+			// Output lines clear the bar; it is redrawn under them.
+			cfg.Stderr = prog.Writer(cfg.Stderr)
+			if isTerminal(env.Stdout) {
+				cfg.Stdout = prog.Writer(cfg.Stdout)
+			}
+			cfg.Logger = newLogger(prog.Writer(env.Stderr), logFormat(env.Log), logLevel(env.Log))
+		}
+	}
 	sup, err := pool.New(cfg)
 	if err != nil {
 		return usageErr("%v", err)
 	}
+	reg := newRegistry()
+	reg.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "forq", Name: "pool_children", Help: "Worker processes running in the pool."},
+			func() float64 { return float64(len(sup.Children())) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "forq", Name: "pool_child_restarts_total", Help: "Worker processes restarted after crashing."},
+			func() float64 { return float64(sup.Restarts()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "forq", Name: "pool_child_recycles_total", Help: "Worker processes replaced after --max-tasks-per-child or --max-memory."},
+			func() float64 { return float64(sup.Recycles()) }),
+	)
+	want := cfg.Size
+	if cfg.Max > 0 {
+		want = cfg.Min
+	}
+	ops, err := startOps(env.Log, wf.MetricsHost, wf.MetricsPort, reg, nil, func() error {
+		if n := len(sup.Children()); n < want {
+			return fmt.Errorf("%d of %d workers running", n, want)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	defer ops.stop()
 	err = sup.Run(ctx)
+	prog.Finish()
 	switch {
 	case err == nil:
 		env.Log.Info("pool stopped: every worker done")
@@ -182,10 +242,15 @@ func queueBacklog(ctx context.Context, nc *nats.Conn, queues []string, ackWait t
 	if err != nil {
 		return nil, err
 	}
-	cons := make([]jetstream.Consumer, len(queues))
-	for i, q := range queues {
-		if cons[i], err = topology.EnsureConsumer(ctx, h.Tasks, q, ackWait); err != nil {
-			return nil, err
+	// Every priority level of each queue (see forq.Priority).
+	var cons []jetstream.Consumer
+	for _, q := range queues {
+		for _, p := range forq.Priorities {
+			c, err := topology.EnsureLevelConsumer(ctx, h.Tasks, q, p, ackWait)
+			if err != nil {
+				return nil, err
+			}
+			cons = append(cons, c)
 		}
 	}
 	return func(ctx context.Context) (int64, error) {

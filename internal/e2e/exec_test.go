@@ -136,7 +136,7 @@ func deadLetter(t *testing.T, js jetstream.JetStream, id string) *jetstream.RawS
 	}
 	for seq := info.State.FirstSeq; seq <= info.State.LastSeq; seq++ {
 		m, err := s.GetMsg(t.Context(), seq)
-		if err == nil && m.Header.Get(forq.HeaderID) == id {
+		if err == nil && m.Header.Get(forq.HeaderTaskID) == id {
 			return m
 		}
 	}

@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/forqhq/forq"
@@ -31,6 +32,10 @@ type Handles struct {
 	Dead    jetstream.Stream
 	Results jetstream.KeyValue
 	Cancel  jetstream.KeyValue
+	Workers jetstream.KeyValue
+	// Locks and Unique are forq.BucketLocks and forq.BucketUnique.
+	Locks  jetstream.KeyValue
+	Unique jetstream.KeyValue
 }
 
 // Ensure declares FORQ_TASKS, FORQ_DEAD and forq_results if they are
@@ -48,14 +53,21 @@ func Ensure(ctx context.Context, js jetstream.JetStream, o Options) (*Handles, e
 	tasks, err := ensureStream(ctx, js, jetstream.StreamConfig{
 		Name:        forq.StreamTasks,
 		Description: "forq task queues: one subject per queue, removed once a worker acknowledges",
-		Subjects:    []string{forq.SubjectTasksPrefix + ">"},
+		Subjects:    taskSubjects,
 		Retention:   jetstream.WorkQueuePolicy,
 		Storage:     jetstream.FileStorage,
 		Replicas:    o.Replicas,
 		Duplicates:  o.DuplicateWindow,
 		AllowMsgTTL: true,
+		// Delayed and periodic tasks are the broker's message schedules;
+		// a schedule replaces the last one on its subject (a roll-up).
+		AllowMsgSchedules: true,
+		AllowRollup:       true,
 	})
 	if err != nil {
+		return nil, err
+	}
+	if err := upgradeTasks(ctx, js, tasks); err != nil {
 		return nil, err
 	}
 	dead, err := ensureStream(ctx, js, jetstream.StreamConfig{
@@ -98,7 +110,59 @@ func Ensure(ctx context.Context, js jetstream.JetStream, o Options) (*Handles, e
 	if err != nil {
 		return nil, fmt.Errorf("declare KV bucket %s: %w", forq.BucketCancel, err)
 	}
-	return &Handles{Tasks: tasks, Dead: dead, Results: kv, Cancel: cancel}, nil
+	workers, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:      forq.BucketWorkers,
+		Description: "forq worker processes: status by host and PID, expiring when not refreshed",
+		TTL:         forq.WorkerStatusTTL,
+		Storage:     jetstream.MemoryStorage,
+		Replicas:    o.Replicas,
+		History:     1,
+	})
+	if errors.Is(err, jetstream.ErrBucketExists) {
+		workers, err = js.KeyValue(ctx, forq.BucketWorkers)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("declare KV bucket %s: %w", forq.BucketWorkers, err)
+	}
+	locks, err := EnsureLocks(ctx, js, o.Replicas)
+	if err != nil {
+		return nil, err
+	}
+	unique, err := EnsureUnique(ctx, js, o.Replicas)
+	if err != nil {
+		return nil, err
+	}
+	return &Handles{Tasks: tasks, Dead: dead, Results: kv, Cancel: cancel, Workers: workers, Locks: locks, Unique: unique}, nil
+}
+
+// taskSubjects are FORQ_TASKS's subjects: the queues, the delayed tasks'
+// schedules and the periodic tasks' definitions.
+var taskSubjects = []string{
+	forq.SubjectTasksPrefix + ">",
+	forq.SubjectSchedulePrefix + ">",
+	forq.SubjectPeriodicPrefix + ">",
+}
+
+// upgradeTasks adds to a FORQ_TASKS declared by an older forq what delayed
+// and periodic tasks need: their subjects and message schedules. It only
+// adds; what the stream has stays.
+func upgradeTasks(ctx context.Context, js jetstream.JetStream, s jetstream.Stream) error {
+	cfg := s.CachedInfo().Config
+	missing := false
+	for _, want := range taskSubjects {
+		if !slices.Contains(cfg.Subjects, want) {
+			cfg.Subjects = append(cfg.Subjects, want)
+			missing = true
+		}
+	}
+	if !missing && cfg.AllowMsgSchedules && cfg.AllowRollup && !cfg.DenyPurge {
+		return nil
+	}
+	cfg.AllowMsgSchedules, cfg.AllowRollup, cfg.DenyPurge = true, true, false
+	if _, err := js.UpdateStream(ctx, cfg); err != nil {
+		return fmt.Errorf("add message schedules to stream %s: %w", cfg.Name, err)
+	}
+	return nil
 }
 
 func ensureStream(ctx context.Context, js jetstream.JetStream, cfg jetstream.StreamConfig) (jetstream.Stream, error) {
@@ -115,21 +179,35 @@ func ensureStream(ctx context.Context, js jetstream.JetStream, cfg jetstream.Str
 }
 
 // EnsureConsumer declares the durable pull consumer that all workers of
-// queue share, with the given ack wait if it is new. An existing consumer
+// queue share for its normal-priority tasks (the queue's own consumer), with the given ack wait if it is new. An existing consumer
 // is used as it is; its actual configuration is in the returned consumer's
 // CachedInfo.
 func EnsureConsumer(ctx context.Context, tasks jetstream.Stream, queue string, ackWait time.Duration) (jetstream.Consumer, error) {
+	return EnsureLevelConsumer(ctx, tasks, queue, forq.PriorityNormal, ackWait)
+}
+
+// EnsureLevelConsumer is EnsureConsumer for the tasks of queue at priority
+// level p: consumer forq.LevelConsumerName(queue, p), filtered on
+// forq.LevelSubject(queue, p).
+func EnsureLevelConsumer(ctx context.Context, tasks jetstream.Stream, queue string, p forq.Priority, ackWait time.Duration) (jetstream.Consumer, error) {
 	if err := forq.ValidateQueue(queue); err != nil {
 		return nil, err
+	}
+	if !p.Valid() {
+		return nil, fmt.Errorf("%w: priority %d", forq.ErrInvalidOption, p)
 	}
 	if ackWait <= 0 {
 		ackWait = forq.DefaultAckWait
 	}
-	name := forq.ConsumerName(queue)
+	name := forq.LevelConsumerName(queue, p)
+	desc := "forq workers of queue " + queue
+	if p != forq.PriorityNormal {
+		desc += ", priority " + p.String()
+	}
 	c, err := tasks.CreateConsumer(ctx, jetstream.ConsumerConfig{
 		Durable:       name,
-		Description:   "forq workers of queue " + queue,
-		FilterSubject: forq.TaskSubject(queue),
+		Description:   desc,
+		FilterSubject: forq.LevelSubject(queue, p),
 		AckPolicy:     jetstream.AckExplicitPolicy,
 		AckWait:       ackWait,
 		// forq counts attempts itself from the delivery count, per task;

@@ -1,0 +1,218 @@
+package consumer_test
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/forqhq/forq"
+	"github.com/forqhq/forq/consumer"
+	"github.com/forqhq/forq/internal/testutil"
+	"github.com/forqhq/forq/producer"
+)
+
+// starts records the order in which handlers start.
+type starts struct {
+	mu  sync.Mutex
+	seq []string // "<queue>/<priority>/<id>"
+	at  map[string]int
+}
+
+func (s *starts) handler(d time.Duration) consumer.HandlerFunc {
+	return func(ctx context.Context, t *consumer.Task) ([]byte, error) {
+		s.mu.Lock()
+		if s.at == nil {
+			s.at = map[string]int{}
+		}
+		s.at[t.ID] = len(s.seq)
+		s.seq = append(s.seq, t.Queue+"/"+t.Priority.String()+"/"+t.ID)
+		s.mu.Unlock()
+		if d > 0 {
+			time.Sleep(d)
+		}
+		return nil, nil
+	}
+}
+
+func (s *starts) len() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.seq)
+}
+
+func (s *starts) index(id string) (int, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	i, ok := s.at[id]
+	return i, ok
+}
+
+func enqueueN(t *testing.T, b *bundle, n int, opts ...producer.Option) {
+	t.Helper()
+	tasks := make([]forq.Task, n)
+	for i := range tasks {
+		tasks[i].Type = "t"
+	}
+	if _, err := b.p.EnqueueMany(t.Context(), tasks, opts...); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A flood of low tasks delays a high task by at most one batch: the tasks
+// the worker had asked for when it was enqueued (at most Concurrency).
+func TestPriorityHighBeforeLowFlood(t *testing.T) {
+	b := setup(t)
+	const conc = 4
+	w := newWorker(t, b, consumer.Config{Queues: []string{"prio"}, Concurrency: conc})
+	var s starts
+	w.Handle("t", s.handler(2*time.Millisecond))
+	enqueueN(t, b, 3000, producer.WithQueue("prio"), producer.WithPriority(forq.PriorityLow))
+	start(t, w)
+	testutil.Eventually(t, 10*time.Second, func() bool { return s.len() >= 100 }, "low tasks do not start")
+	for range 5 {
+		before := s.len()
+		info, err := b.p.Enqueue(t.Context(), forq.Task{Type: "t"}, producer.WithQueue("prio"), producer.WithPriority(forq.PriorityHigh))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var at int
+		testutil.Eventually(t, 5*time.Second, func() bool { var ok bool; at, ok = s.index(info.ID); return ok }, "high task did not start")
+		if late := at - before; late > conc {
+			t.Errorf("%d low tasks started between the high task's enqueue and its start; want at most %d (one batch)", late, conc)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	// Normal beats low too.
+	before := s.len()
+	info, err := b.p.Enqueue(t.Context(), forq.Task{Type: "t"}, producer.WithQueue("prio"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var at int
+	testutil.Eventually(t, 5*time.Second, func() bool { var ok bool; at, ok = s.index(info.ID); return ok }, "normal task did not start")
+	if late := at - before; late > conc {
+		t.Errorf("normal task: %d low tasks started first; want at most %d", late, conc)
+	}
+}
+
+// All levels queued before the worker starts: they run high, normal, low.
+func TestPriorityLevelsInOrder(t *testing.T) {
+	b := setup(t)
+	w := newWorker(t, b, consumer.Config{Queues: []string{"lv"}, Concurrency: 1})
+	var s starts
+	w.Handle("t", s.handler(0))
+	for _, p := range []forq.Priority{forq.PriorityLow, forq.PriorityNormal, forq.PriorityHigh} {
+		enqueueN(t, b, 20, producer.WithQueue("lv"), producer.WithPriority(p))
+	}
+	start(t, w)
+	testutil.Eventually(t, 10*time.Second, func() bool { return s.len() == 60 }, "tasks do not all run")
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for i, e := range s.seq {
+		want := []string{"high", "normal", "low"}[i/20]
+		if got := e[len("lv/"):][:len(want)]; got != want {
+			t.Fatalf("start %d is %s, want a %s task; order: %v", i, e, want, s.seq)
+		}
+	}
+}
+
+// Strict order: the first queue's tasks all start before the second's.
+func TestQueuesStrictOrder(t *testing.T) {
+	b := setup(t)
+	w := newWorker(t, b, consumer.Config{Queues: []string{"first", "second"}, Concurrency: 1})
+	var s starts
+	w.Handle("t", s.handler(0))
+	enqueueN(t, b, 50, producer.WithQueue("second"))
+	enqueueN(t, b, 50, producer.WithQueue("first"))
+	start(t, w)
+	testutil.Eventually(t, 10*time.Second, func() bool { return s.len() == 100 }, "tasks do not all run")
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for i, e := range s.seq[:50] {
+		if e[:len("first/")] != "first/" {
+			t.Fatalf("start %d is %s; want the 50 tasks of queue first before any of second", i, e)
+		}
+	}
+}
+
+// Weighted order: both queues progress, 3 to 1.
+func TestQueuesWeightedOrder(t *testing.T) {
+	b := setup(t)
+	w := newWorker(t, b, consumer.Config{Queues: []string{"heavy", "light"}, Order: consumer.OrderWeighted,
+		Weights: map[string]int{"heavy": 3}, Concurrency: 2})
+	var s starts
+	w.Handle("t", s.handler(time.Millisecond))
+	enqueueN(t, b, 400, producer.WithQueue("heavy"))
+	enqueueN(t, b, 400, producer.WithQueue("light"))
+	start(t, w)
+	testutil.Eventually(t, 10*time.Second, func() bool { return s.len() >= 200 }, "tasks do not run")
+	s.mu.Lock()
+	heavy, light := 0, 0
+	for _, e := range s.seq[:200] {
+		if e[:len("heavy/")] == "heavy/" {
+			heavy++
+		} else {
+			light++
+		}
+	}
+	s.mu.Unlock()
+	if light == 0 || float64(heavy)/float64(light) < 2 || float64(heavy)/float64(light) > 4.5 {
+		t.Errorf("first 200 starts: %d heavy, %d light; want about 3 to 1", heavy, light)
+	}
+	// When heavy runs dry, light gets every slot.
+	testutil.Eventually(t, 20*time.Second, func() bool { return s.len() == 800 }, "tasks do not all run: %d of 800", s.len())
+}
+
+// An idle worker notices a task of another level within its idle poll,
+// and a paused queue does not hold up the worker's other queue.
+func TestPriorityIdleAndPaused(t *testing.T) {
+	b := setup(t)
+	if _, err := b.p.Pause(t.Context(), "held", producer.PauseForever, 0); err != nil {
+		t.Fatal(err)
+	}
+	w := newWorker(t, b, consumer.Config{Queues: []string{"held", "idle"}, Concurrency: 2})
+	var s starts
+	w.Handle("t", s.handler(0))
+	for _, p := range forq.Priorities {
+		enqueueN(t, b, 5, producer.WithQueue("held"), producer.WithPriority(p))
+	}
+	start(t, w)
+	time.Sleep(300 * time.Millisecond)
+	for _, p := range []forq.Priority{forq.PriorityHigh, forq.PriorityLow, forq.PriorityNormal, forq.PriorityHigh} {
+		t0 := time.Now()
+		info, err := b.p.Enqueue(t.Context(), forq.Task{Type: "t"}, producer.WithQueue("idle"), producer.WithPriority(p))
+		if err != nil {
+			t.Fatal(err)
+		}
+		testutil.Eventually(t, 5*time.Second, func() bool { _, ok := s.index(info.ID); return ok }, "%s task did not start", p)
+		if d := time.Since(t0); d > consumer.DefaultIdlePoll+500*time.Millisecond {
+			t.Errorf("%s task on an idle worker started after %s; want within about %s", p, d, consumer.DefaultIdlePoll)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if n := s.len(); n != 4 {
+		t.Errorf("%d tasks ran, want the 4 of queue idle (held is paused)", n)
+	}
+	if err := b.p.Resume(t.Context(), "held"); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 5*time.Second, func() bool { return s.len() == 19 }, "after resume: %d tasks ran, want 19", s.len())
+}
+
+func TestOrderConfigErrors(t *testing.T) {
+	b := setup(t)
+	for _, cfg := range []consumer.Config{
+		{Queues: []string{"a"}, Order: "fair"},
+		{Queues: []string{"a", "b"}, Weights: map[string]int{"a": 2}},
+		{Queues: []string{"a", "b"}, Order: consumer.OrderWeighted, Weights: map[string]int{"c": 2}},
+		{Queues: []string{"a", "b"}, Order: consumer.OrderWeighted, Weights: map[string]int{"a": 0}},
+		{Queues: []string{"a", "a"}},
+		{Queues: []string{"a--high"}},
+	} {
+		if _, err := consumer.New(t.Context(), b.nc, cfg); !errors.Is(err, forq.ErrInvalidOption) && !errors.Is(err, forq.ErrInvalidQueue) {
+			t.Errorf("New(%+v) = %v, want an invalid option or queue error", cfg, err)
+		}
+	}
+}
