@@ -92,6 +92,11 @@ const (
 	DefaultDuplicateWindow = 2 * time.Minute
 )
 
+// MetadataRecord is the metadata key, on a queue's consumer, that makes
+// workers record the state and result of every task of the queue ("1"), as
+// if each had been enqueued with Record. "forq record QUEUE" sets it.
+const MetadataRecord = "forq.record"
+
 // TaskSubject returns the subject tasks of queue are published to.
 func TaskSubject(queue string) string { return SubjectTasksPrefix + queue }
 

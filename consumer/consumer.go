@@ -156,9 +156,11 @@ type Worker struct {
 	claimed   atomic.Int64 // tasks fetched toward MaxTasks
 	processed atomic.Int64
 	inflight  atomic.Int64
-	started   time.Time
-	window    *window
-	locks     lockState
+	// queueRecord says which queues record every task (forq.MetadataRecord).
+	queueRecord atomic.Pointer[map[string]bool]
+	started     time.Time
+	window      *window
+	locks       lockState
 
 	mu       sync.Mutex
 	running  map[*run]struct{}   // one per runner goroutine
@@ -300,6 +302,7 @@ func (w *Worker) Run(ctx context.Context) error {
 		return fmt.Errorf("consumer: %w", err)
 	}
 	w.started = time.Now().UTC()
+	w.loadQueueRecord(ctx)
 	if w.cfg.StatusInterval > 0 {
 		watcher.Go(func() { w.publishStatus(hard) })
 	}
@@ -544,7 +547,7 @@ func (w *Worker) process(hard context.Context, r *run, queue string, prio forq.P
 		t.Attempt = int(n)
 	}
 	log := &taskLog{w: w, t: t}
-	record := t.Header.Get(forq.HeaderRecord) == "1"
+	record := t.Header.Get(forq.HeaderRecord) == "1" || w.recordsQueue(queue)
 
 	var timeout time.Duration
 	t.MaxAttempts = forq.DefaultMaxAttempts

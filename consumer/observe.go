@@ -124,6 +124,7 @@ func (w *Worker) Status() forq.WorkerStatus {
 func (w *Worker) publishStatus(ctx context.Context) {
 	key := forq.WorkerKey(w.host, w.pid)
 	put := func() {
+		w.loadQueueRecord(ctx)
 		b, _ := json.Marshal(w.Status())
 		pctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
@@ -145,4 +146,28 @@ func (w *Worker) publishStatus(ctx context.Context) {
 			return
 		}
 	}
+}
+
+// recordsQueue reports whether queue's consumer asks for every task to be
+// recorded (forq.MetadataRecord), as last read by loadQueueRecord.
+func (w *Worker) recordsQueue(queue string) bool {
+	m := w.queueRecord.Load()
+	return m != nil && (*m)[queue]
+}
+
+// loadQueueRecord reads forq.MetadataRecord from the consumers of the
+// worker's queues.
+func (w *Worker) loadQueueRecord(ctx context.Context) {
+	m := make(map[string]bool, len(w.cfg.Queues))
+	for _, q := range w.cfg.Queues {
+		c, err := w.js.Consumer(ctx, forq.StreamTasks, forq.ConsumerName(q))
+		if err != nil {
+			if old := w.queueRecord.Load(); old != nil {
+				m[q] = (*old)[q] // keep what was known
+			}
+			continue
+		}
+		m[q] = c.CachedInfo().Config.Metadata[forq.MetadataRecord] == "1"
+	}
+	w.queueRecord.Store(&m)
 }

@@ -343,3 +343,37 @@ func cmpOr(a, b string) string {
 	}
 	return b
 }
+
+// SetRecordAll makes workers record the state and result of every task of
+// queue (on), as if each had been enqueued WithRecord, or stops that (off).
+// It is kept in the queue's consumer's metadata (forq.MetadataRecord), so
+// it holds for every worker of the queue; they pick it up within a few
+// seconds.
+func (p *Producer) SetRecordAll(ctx context.Context, queue string, on bool) error {
+	if err := forq.ValidateQueue(queue); err != nil {
+		return err
+	}
+	tasks, err := p.js.Stream(ctx, forq.StreamTasks)
+	if err != nil {
+		return fmt.Errorf("stream %s: %w", forq.StreamTasks, err)
+	}
+	c, err := topology.EnsureConsumer(ctx, tasks, queue, 0)
+	if err != nil {
+		return err
+	}
+	cfg := c.CachedInfo().Config
+	md := map[string]string{}
+	for k, v := range cfg.Metadata {
+		md[k] = v
+	}
+	if on {
+		md[forq.MetadataRecord] = "1"
+	} else {
+		delete(md, forq.MetadataRecord)
+	}
+	cfg.Metadata = md
+	if _, err := p.js.UpdateConsumer(ctx, forq.StreamTasks, cfg); err != nil {
+		return fmt.Errorf("queue %s: %w", queue, err)
+	}
+	return nil
+}

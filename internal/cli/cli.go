@@ -59,6 +59,7 @@ type CLI struct {
 	Run     RunCmd     `cmd:"" help:"All in one: the embedded broker and a pool of workers. The quickest way to try forq."`
 	Result  ResultCmd  `cmd:"" help:"Show a task's recorded result."`
 	Cancel  CancelCmd  `cmd:"" help:"Cancel tasks: a queued one never starts, a running one is stopped wherever it runs."`
+	Record  RecordCmd  `cmd:"" help:"Record every task of a queue (state, result), as if each were enqueued with --record; --off stops it."`
 	Stats   StatsCmd   `cmd:"" help:"Show each queue (queued, running, dead, paused, done and failed in the last minute) and the workers."`
 	Dead    DeadCmd    `cmd:"" help:"List, show, retry or purge dead letters: tasks that used up their attempts."`
 	Pause   PauseCmd   `cmd:"" help:"Pause a queue: its workers start nothing until 'forq resume' (or --until/--for)."`

@@ -282,7 +282,7 @@ func (c *EnqueueCmd) payloads(env *Env) ([][]byte, error) {
 }
 
 func enqueueErr(err error) error {
-	if errors.Is(err, forq.ErrPayloadTooLarge) || errors.Is(err, forq.ErrInvalidTask) || errors.Is(err, forq.ErrInvalidOption) {
+	if errors.Is(err, forq.ErrPayloadTooLarge) || errors.Is(err, forq.ErrInvalidTask) || errors.Is(err, forq.ErrInvalidOption) || errors.Is(err, forq.ErrInvalidQueue) {
 		return &exitError{code: ExitUsage, err: err}
 	}
 	return err
