@@ -62,7 +62,7 @@ func (c *BrokerCmd) Run(env *Env) error {
 		// with the nats CLI before any forq client connected is stored.
 		// A cluster node leaves that to the first client, once the
 		// cluster has a JetStream leader.
-		if err := declare(s, c.TopologyFlags); err != nil {
+		if err := declare(s, c.Token, c.User, c.Password, c.TopologyFlags); err != nil {
 			s.Shutdown()
 			return err
 		}
@@ -73,7 +73,7 @@ func (c *BrokerCmd) Run(env *Env) error {
 		}
 		return nil
 	}, func() error {
-		if !s.NATS().ReadyForConnections(0) || !s.NATS().JetStreamEnabled() {
+		if !s.NATS().ReadyForConnections(100*time.Millisecond) || !s.NATS().JetStreamEnabled() {
 			return errors.New("broker not ready: JetStream is not up")
 		}
 		return nil
@@ -92,8 +92,15 @@ func (c *BrokerCmd) Run(env *Env) error {
 }
 
 // declare declares forq's topology on s over an in-process connection.
-func declare(s *broker.Server, tf TopologyFlags) error {
-	nc, err := nats.Connect("", nats.InProcessServer(s.NATS()))
+func declare(s *broker.Server, token, user, password string, tf TopologyFlags) error {
+	opts := []nats.Option{nats.InProcessServer(s.NATS()), nats.Name("forq broker")}
+	if token != "" {
+		opts = append(opts, nats.Token(token))
+	}
+	if user != "" {
+		opts = append(opts, nats.UserInfo(user, password))
+	}
+	nc, err := nats.Connect("", opts...)
 	if err != nil {
 		return err
 	}

@@ -195,6 +195,9 @@ func (c *ConnFlags) connect(name string, log *slog.Logger) (*nats.Conn, error) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+	if errors.Is(err, nats.ErrAuthorization) {
+		return nil, &exitError{code: ExitError, err: fmt.Errorf("the broker at %s refused our credentials: %w (give --token / FORQ_TOKEN, or --user and --password)", c.URL, err)}
+	}
 	if err != nil {
 		return nil, &exitError{code: ExitError, err: fmt.Errorf("cannot reach the broker at %s: %w (start one with 'forq broker', or point --url / FORQ_URL at yours)", c.URL, err)}
 	}

@@ -22,7 +22,7 @@ import (
 
 // OpsFlags configure the HTTP endpoint of a long-running forq process.
 type OpsFlags struct {
-	MetricsPort int    `default:"0" help:"Serve /metrics (Prometheus), /healthz and /readyz on this port; 0 is off. Under a pool, child i uses this port + i."`
+	MetricsPort int    `default:"0" help:"Serve /metrics (Prometheus), /healthz and /readyz on this port; 0 is off. A pool serves on this port and its child i on this port + 1 + i."`
 	MetricsHost string `default:"127.0.0.1" help:"Address the /metrics, /healthz and /readyz endpoint listens on."`
 }
 

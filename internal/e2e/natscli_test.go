@@ -277,7 +277,7 @@ func TestNatsCLIQueuedTasks(t *testing.T) {
 		`Messages: 3\n`,
 		`First Sequence: 1 @`,
 		`Last Sequence: 3 @`,
-		`Active Consumers: 1\n`,
+		`Active Consumers: 3\n`,
 	)
 
 	// A task by its stream sequence (tasks were enqueued in order: 1, 2, 3).
@@ -439,7 +439,7 @@ func TestNatsCLIDeadLetter(t *testing.T) {
 		`\[#1\] Received on "forq-e2e.probe"`,
 		`\[#2\] Received on "forq.dead.default"`,
 		`\nForq-Error: no handler for task type "nope"`,
-		`\nNats-Msg-Id: dead-1\n`,
+		`\nForq-Id: dead-1\n`,
 		`\n\{"x":1\}\n`,
 	)
 
@@ -458,7 +458,8 @@ func TestNatsCLIDeadLetter(t *testing.T) {
 		`\n  Forq-Error: no handler for task type "nope" on this worker \(it handles \[echo exec sleep\]\)\n`,
 		`\n  Forq-Attempts: 1\n`,
 		`\n  Forq-Queue: default\n`,
-		`\n  Nats-Msg-Id: dead-1\n`,
+		`\n  Forq-Id: dead-1\n`,
+		`\n  Nats-Msg-Id: dead-1/dead/\d+\n`,
 		`\n  Forq-Type: nope\n`,
 		`\n  Forq-Max-Attempts: 1\n`,
 		`\n\{"x":1\}\n`,
@@ -480,9 +481,11 @@ func TestNatsCLIAdvisories(t *testing.T) {
 	env := []string{"FORQ_URL=" + b.url}
 
 	// Subject tokens: $JS.EVENT.ADVISORY.CONSUMER.<event>.<stream>.<consumer>.
-	// 3 messages: our readiness probe, then CREATED and MSG_NAKED.
-	sub := n.start(t, "sub", "$JS.EVENT.ADVISORY.CONSUMER.*.FORQ_TASKS.>", "--count", "3")
-	waitSubscribed(t, b.url, sub, "$JS.EVENT.ADVISORY.CONSUMER.PROBE.FORQ_TASKS.probe")
+	// 3 messages: our readiness probe, then CREATED and MSG_NAKED of the
+	// queue's (normal level) consumer; its --high and --low levels have
+	// consumers of their own.
+	sub := n.start(t, "sub", "$JS.EVENT.ADVISORY.CONSUMER.*.FORQ_TASKS.default", "--count", "3")
+	waitSubscribed(t, b.url, sub, "$JS.EVENT.ADVISORY.CONSUMER.PROBE.FORQ_TASKS.default")
 	events := n.start(t, "events", "--js-advisory", "--short")
 	waitSubscribed(t, b.url, events, "$JS.EVENT.ADVISORY.PROBE")
 

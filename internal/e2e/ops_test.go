@@ -264,3 +264,26 @@ type Stats struct {
 		InFlight int64 `json:"in_flight"`
 	} `json:"workers"`
 }
+
+// A broker with a token starts, declares forq's streams and serves its
+// health endpoints; clients need the token.
+func TestBrokerWithToken(t *testing.T) {
+	port, mport := freePort(t), freePort(t)
+	url := fmt.Sprintf("nats://127.0.0.1:%d", port)
+	p := start(t, "forq", []string{"FORQ_TOKEN=s3cret"}, "broker", "--data-dir", t.TempDir(), "--port", strconv.Itoa(port), "--metrics-port", strconv.Itoa(mport))
+	base := fmt.Sprintf("http://127.0.0.1:%d", mport)
+	eventually(t, 20*time.Second, func() bool { return status(base+"/readyz") == 200 }, "broker /readyz never OK; stderr %s", p.stderr())
+	if status(base+"/healthz") != 200 {
+		t.Errorf("broker /healthz not OK")
+	}
+	if code, out, errs := run(t, nil, []string{"FORQ_URL=" + url, "FORQ_TOKEN=s3cret"}, "enqueue", "echo", "--payload", "x"); code != 0 || strings.TrimSpace(out) == "" {
+		t.Errorf("enqueue with the token: exit %d, %q %q", code, out, errs)
+	}
+	if code, _, errs := run(t, nil, []string{"FORQ_URL=" + url}, "enqueue", "echo", "--payload", "x"); code != 1 || !strings.Contains(errs, "refused our credentials") {
+		t.Errorf("enqueue without the token: exit %d, %q; want 1 naming the credentials", code, errs)
+	}
+	p.signal(syscall.SIGTERM)
+	if code := p.wait(20 * time.Second); code != 0 {
+		t.Errorf("broker exit %d after SIGTERM; stderr %s", code, p.stderr())
+	}
+}
