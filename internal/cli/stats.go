@@ -29,8 +29,12 @@ type StatsCmd struct {
 
 // QueueStats is one queue's line in "forq stats".
 type QueueStats struct {
-	Queue           string `json:"queue"`
-	Queued          uint64 `json:"queued"`
+	Queue  string `json:"queue"`
+	Queued uint64 `json:"queued"`
+	// QueuedByPriority splits Queued by level: "high", "normal", "low".
+	QueuedByPriority map[string]uint64 `json:"queued_by_priority"`
+	// Scheduled are delayed tasks not due yet.
+	Scheduled       uint64 `json:"scheduled"`
 	Running         int    `json:"running"`
 	Dead            uint64 `json:"dead"`
 	Paused          bool   `json:"paused"`
@@ -130,10 +134,11 @@ func collectStats(ctx context.Context, js jetstream.JetStream, only []string) (*
 		}
 		qs := byQueue[q]
 		if qs == nil {
-			qs = &QueueStats{Queue: q}
+			qs = newQueueStats(q)
 			byQueue[q] = qs
 		}
 		qs.Queued += ci.NumPending
+		qs.QueuedByPriority[prio.String()] += ci.NumPending
 		qs.Running += ci.NumAckPending
 		qs.Redelivered += ci.NumRedelivered
 		qs.WaitingRequests += ci.NumWaiting
@@ -146,7 +151,20 @@ func collectStats(ctx context.Context, js jetstream.JetStream, only []string) (*
 	}
 	for _, q := range only {
 		if byQueue[q] == nil {
-			byQueue[q] = &QueueStats{Queue: q}
+			byQueue[q] = newQueueStats(q)
+		}
+	}
+	// Delayed tasks wait on forq.schedule.<queue>.<id> until they are due.
+	if info, err := tasks.Info(ctx, jetstream.WithSubjectFilter(forq.SubjectSchedulePrefix+">")); err == nil {
+		for subj, n := range info.State.Subjects {
+			q, _, _ := strings.Cut(strings.TrimPrefix(subj, forq.SubjectSchedulePrefix), ".")
+			if qs := byQueue[q]; qs != nil {
+				qs.Scheduled += n
+			} else if len(only) == 0 {
+				qs = newQueueStats(q)
+				qs.Scheduled = n
+				byQueue[q] = qs
+			}
 		}
 	}
 	if dead, err := js.Stream(ctx, forq.StreamDead); err == nil {
@@ -156,7 +174,9 @@ func collectStats(ctx context.Context, js jetstream.JetStream, only []string) (*
 				if qs := byQueue[q]; qs != nil {
 					qs.Dead = n
 				} else if len(only) == 0 {
-					byQueue[q] = &QueueStats{Queue: q, Dead: n}
+					qs = newQueueStats(q)
+					qs.Dead = n
+					byQueue[q] = qs
 				}
 			}
 		}
@@ -202,13 +222,14 @@ func collectStats(ctx context.Context, js jetstream.JetStream, only []string) (*
 
 func printStats(w io.Writer, st *Stats) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "QUEUE\tQUEUED\tRUNNING\tDEAD\tPAUSED\tDONE/1m\tFAILED/1m")
+	fmt.Fprintln(tw, "QUEUE\tQUEUED (high/normal/low)\tRUNNING\tSCHEDULED\tDEAD\tPAUSED\tDONE/1m\tFAILED/1m")
 	for _, q := range st.Queues {
 		paused := "no"
 		if q.Paused {
 			paused = "yes"
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%s\t%d\t%d\n", q.Queue, q.Queued, q.Running, q.Dead, paused, q.Processed1m, q.Failed1m)
+		by := q.QueuedByPriority
+		fmt.Fprintf(tw, "%s\t%d (%d/%d/%d)\t%d\t%d\t%d\t%s\t%d\t%d\n", q.Queue, q.Queued, by["high"], by["normal"], by["low"], q.Running, q.Scheduled, q.Dead, paused, q.Processed1m, q.Failed1m)
 	}
 	if len(st.Queues) == 0 {
 		fmt.Fprintln(tw, "(no queues yet)")
@@ -265,4 +286,8 @@ func (c *HealthCmd) Run(env *Env) error {
 	}
 	fmt.Fprintf(env.Stdout, "healthy: broker at %s, JetStream up with %d streams\n", nc.ConnectedUrl(), info.Streams)
 	return nil
+}
+
+func newQueueStats(q string) *QueueStats {
+	return &QueueStats{Queue: q, QueuedByPriority: map[string]uint64{"high": 0, "normal": 0, "low": 0}}
 }

@@ -287,3 +287,48 @@ func TestBrokerWithToken(t *testing.T) {
 		t.Errorf("broker exit %d after SIGTERM; stderr %s", code, p.stderr())
 	}
 }
+
+// forq stats splits a queue's backlog by priority and counts its delayed
+// tasks.
+func TestStatsByPriorityAndScheduled(t *testing.T) {
+	b := startBroker(t, "", 0)
+	env := []string{"FORQ_URL=" + b.url}
+	// Pausing declares the queue's consumers, one per level.
+	if code, _, errs := run(t, nil, env, "pause", "sq"); code != 0 {
+		t.Fatalf("pause: exit %d: %s", code, errs)
+	}
+	for prio, n := range map[string]int{"high": 3, "normal": 1, "low": 2} {
+		for range n {
+			if code, _, errs := run(t, nil, env, "enqueue", "echo", "--queue", "sq", "--priority", prio); code != 0 {
+				t.Fatalf("enqueue --priority %s: exit %d: %s", prio, code, errs)
+			}
+		}
+	}
+	if code, _, errs := run(t, nil, env, "enqueue", "echo", "--queue", "sq", "--in", "1h"); code != 0 {
+		t.Fatalf("enqueue --in 1h: exit %d: %s", code, errs)
+	}
+	code, out, errs := run(t, nil, env, "stats", "--json", "--queue", "sq")
+	if code != 0 {
+		t.Fatalf("stats: exit %d: %s", code, errs)
+	}
+	var st struct {
+		Queues []struct {
+			Queue     string            `json:"queue"`
+			Queued    uint64            `json:"queued"`
+			ByPrio    map[string]uint64 `json:"queued_by_priority"`
+			Scheduled uint64            `json:"scheduled"`
+			Paused    bool              `json:"paused"`
+		} `json:"queues"`
+	}
+	if err := json.Unmarshal([]byte(out), &st); err != nil || len(st.Queues) != 1 {
+		t.Fatalf("stats --json %q: %v", out, err)
+	}
+	q := st.Queues[0]
+	if q.Queued != 6 || q.ByPrio["high"] != 3 || q.ByPrio["normal"] != 1 || q.ByPrio["low"] != 2 || q.Scheduled != 1 || !q.Paused {
+		t.Errorf("got %+v, want 6 queued (3 high, 1 normal, 2 low), 1 scheduled, paused", q)
+	}
+	code, out, _ = run(t, nil, env, "stats", "--queue", "sq")
+	if code != 0 || !strings.Contains(out, "6 (3/1/2)") {
+		t.Errorf("stats table: exit %d, %q; want 6 (3/1/2)", code, out)
+	}
+}
