@@ -46,9 +46,11 @@ func deadProducer(cf *ConnFlags, name string, env *Env) (*nats.Conn, *producer.P
 
 // deadSelection is how retry and purge pick dead letters.
 type deadSelection struct {
-	Refs  []string `arg:"" optional:"" name:"id" help:"Task IDs or dead-letter sequence numbers (SEQ in 'forq dead ls')."`
-	Queue string   `short:"q" help:"Every dead letter of this queue (with IDs: only among them)."`
-	All   bool     `help:"Every dead letter of every queue."`
+	Refs []string `arg:"" optional:"" name:"id" help:"Task IDs or dead-letter sequence numbers (SEQ in 'forq dead ls')."`
+	// No environment variables: a FORQ_QUEUE or FORQ_ALL set for other
+	// commands must not select what a retry or a purge acts on.
+	Queue string `short:"q" env:"-" help:"Every dead letter of this queue (with IDs: only among them). No environment variable."`
+	All   bool   `env:"-" help:"Every dead letter of every queue. No environment variable."`
 }
 
 func (s *deadSelection) validate() error {
@@ -250,7 +252,7 @@ type DeadPurgeCmd struct {
 	ConnFlags     `embed:""`
 	deadSelection `embed:""`
 
-	Yes bool `short:"y" help:"Do not ask for confirmation on a terminal."`
+	Yes bool `short:"y" env:"-" help:"Do not ask for confirmation on a terminal. No environment variable."`
 }
 
 // Run purges the dead letters.
