@@ -54,7 +54,7 @@ type CLI struct {
 
 	Broker  BrokerCmd  `cmd:"" help:"Run the embedded NATS broker with JetStream (the queue) in the foreground."`
 	Enqueue EnqueueCmd `cmd:"" help:"Enqueue a task, or one task per line of a file."`
-	Work    WorkCmd    `cmd:"" help:"Run a worker process: pull tasks and run the built-in task types (echo, sleep)."`
+	Work    WorkCmd    `cmd:"" help:"Run a worker process: pull tasks and run the built-in task types (echo, sleep; exec with --allow-exec)."`
 	Pool    PoolCmd    `cmd:"" help:"Run a pool of worker processes (default: one per CPU), restarting crashed ones."`
 	Run     RunCmd     `cmd:"" help:"All in one: the embedded broker and a pool of workers. The quickest way to try forq."`
 	Result  ResultCmd  `cmd:"" help:"Show a task's recorded result."`
