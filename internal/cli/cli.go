@@ -16,6 +16,7 @@ import (
 
 	"github.com/alecthomas/kong"
 	"github.com/forqhq/forq"
+	"github.com/forqhq/forq/producer"
 	"github.com/nats-io/nats.go"
 )
 
@@ -224,4 +225,22 @@ func validateQueues(qs []string) error {
 		}
 	}
 	return nil
+}
+
+// producer connects to the broker and opens a producer on it, with a
+// context that SIGINT or SIGTERM cancels: what most commands that talk to
+// the queue need. done closes them.
+func (c *ConnFlags) producer(name string, env *Env) (context.Context, *producer.Producer, func(), error) {
+	nc, err := c.connect(name, env.Log)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	ctx, stop := signalContext()
+	p, err := producer.New(ctx, nc, producer.Config{})
+	if err != nil {
+		stop()
+		nc.Close()
+		return nil, nil, nil, err
+	}
+	return ctx, p, func() { stop(); nc.Close() }, nil
 }

@@ -300,17 +300,11 @@ type ResultCmd struct {
 
 // Run prints the result.
 func (c *ResultCmd) Run(env *Env) error {
-	nc, err := c.connect("forq result", env.Log)
+	ctx, p, done, err := c.producer("forq result", env)
 	if err != nil {
 		return err
 	}
-	defer nc.Close()
-	ctx, stop := signalContext()
-	defer stop()
-	p, err := producer.New(ctx, nc, producer.Config{})
-	if err != nil {
-		return err
-	}
+	defer done()
 	var r *forq.Result
 	if c.Wait {
 		wctx, cancel := ctxWithTimeout(ctx, c.WaitTimeout)
@@ -427,17 +421,11 @@ type CancelCmd struct {
 
 // Run cancels the tasks.
 func (c *CancelCmd) Run(env *Env) error {
-	nc, err := c.connect("forq cancel", env.Log)
+	ctx, p, done, err := c.producer("forq cancel", env)
 	if err != nil {
 		return err
 	}
-	defer nc.Close()
-	ctx, stop := signalContext()
-	defer stop()
-	p, err := producer.New(ctx, nc, producer.Config{})
-	if err != nil {
-		return err
-	}
+	defer done()
 	failed := 0
 	for _, id := range c.IDs {
 		if err := p.Cancel(ctx, id); err != nil {

@@ -55,17 +55,11 @@ func (c *PauseCmd) Run(env *Env) error {
 	if c.AckWait <= 0 {
 		return usageErr("--ack-wait %s: must be positive", c.AckWait)
 	}
-	nc, err := c.connect("forq pause", env.Log)
+	ctx, p, done, err := c.producer("forq pause", env)
 	if err != nil {
 		return err
 	}
-	defer nc.Close()
-	ctx, stop := signalContext()
-	defer stop()
-	p, err := producer.New(ctx, nc, producer.Config{})
-	if err != nil {
-		return err
-	}
+	defer done()
 	got, err := p.Pause(ctx, c.Queue, until, c.AckWait)
 	if err != nil {
 		return err
@@ -90,17 +84,11 @@ func (c *ResumeCmd) Run(env *Env) error {
 	if err := forq.ValidateQueue(c.Queue); err != nil {
 		return usageErr("%v", err)
 	}
-	nc, err := c.connect("forq resume", env.Log)
+	ctx, p, done, err := c.producer("forq resume", env)
 	if err != nil {
 		return err
 	}
-	defer nc.Close()
-	ctx, stop := signalContext()
-	defer stop()
-	p, err := producer.New(ctx, nc, producer.Config{})
-	if err != nil {
-		return err
-	}
+	defer done()
 	paused, _, perr := p.QueuePaused(ctx, c.Queue)
 	if err := p.Resume(ctx, c.Queue); err != nil {
 		return err

@@ -2,8 +2,6 @@ package cli
 
 import (
 	"fmt"
-
-	"github.com/forqhq/forq/producer"
 )
 
 // RecordCmd is "forq record": a queue-wide result retention.
@@ -16,17 +14,11 @@ type RecordCmd struct {
 
 // Run sets or clears the queue's record flag.
 func (c *RecordCmd) Run(env *Env) error {
-	nc, err := c.connect("forq record", env.Log)
+	ctx, p, done, err := c.producer("forq record", env)
 	if err != nil {
 		return err
 	}
-	defer nc.Close()
-	ctx, stop := signalContext()
-	defer stop()
-	p, err := producer.New(ctx, nc, producer.Config{})
-	if err != nil {
-		return err
-	}
+	defer done()
 	if err := p.SetRecordAll(ctx, c.Queue, !c.Off); err != nil {
 		return enqueueErr(err)
 	}

@@ -139,17 +139,11 @@ type scheduleJSON struct {
 
 // Run lists the schedules.
 func (c *ScheduleLsCmd) Run(env *Env) error {
-	nc, err := c.connect("forq schedule ls", env.Log)
+	ctx, p, done, err := c.producer("forq schedule ls", env)
 	if err != nil {
 		return err
 	}
-	defer nc.Close()
-	ctx, stop := signalContext()
-	defer stop()
-	p, err := producer.New(ctx, nc, producer.Config{})
-	if err != nil {
-		return err
-	}
+	defer done()
 	ss, err := p.Schedules(ctx)
 	if err != nil {
 		return err
@@ -199,17 +193,11 @@ type ScheduleRmCmd struct {
 
 // Run removes the schedules.
 func (c *ScheduleRmCmd) Run(env *Env) error {
-	nc, err := c.connect("forq schedule rm", env.Log)
+	ctx, p, done, err := c.producer("forq schedule rm", env)
 	if err != nil {
 		return err
 	}
-	defer nc.Close()
-	ctx, stop := signalContext()
-	defer stop()
-	p, err := producer.New(ctx, nc, producer.Config{})
-	if err != nil {
-		return err
-	}
+	defer done()
 	failed := 0
 	for _, name := range c.Names {
 		if err := p.RemoveSchedule(ctx, name); err != nil {
