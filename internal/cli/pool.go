@@ -73,6 +73,9 @@ func runPool(ctx context.Context, env *Env, cf ConnFlags, tf TopologyFlags, wf W
 		Stdout:        env.Stdout,
 		Stderr:        env.Stderr,
 		Logger:        env.Log,
+		// With JSON logs each line of a child becomes a JSON record of the
+		// pool's (child, pid, stream), not a prefixed line.
+		StructuredOutput: logFormat(env.Log) == "json",
 	}
 	if cfg.Size <= 0 {
 		cfg.Size = runtime.NumCPU()

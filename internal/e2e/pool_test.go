@@ -407,3 +407,29 @@ func TestDemoProcess(t *testing.T) {
 		t.Errorf("child pid %s equals the parent's", m[2])
 	}
 }
+
+// With --log-format json the pool writes its children's output as JSON
+// records naming the child, not as prefixed lines.
+func TestPoolJSONOutput(t *testing.T) {
+	code, stdout, stderr := run(t, nil, nil, "--log-format", "json", "pool", "-n", "1", "--max-restarts", "1", "--restart-window", "5s", "--", "sh", "-c", "echo out-line; exit 1")
+	if code != 1 {
+		t.Fatalf("exit %d, want 1 (restart storm); stderr %s", code, stderr)
+	}
+	found := false
+	for _, l := range strings.Split(strings.TrimSpace(stdout+stderr), "\n") {
+		var rec map[string]any
+		if err := json.Unmarshal([]byte(l), &rec); err != nil {
+			if strings.HasPrefix(l, "forq pool: ") {
+				continue // the closing error message
+			}
+			t.Errorf("line %q is not JSON: %v", l, err)
+			continue
+		}
+		if rec["msg"] == "out-line" && rec["child"] == 0.0 && rec["pid"] != nil && rec["stream"] == "stdout" {
+			found = true
+		}
+	}
+	if !found {
+		t.Errorf("no JSON record of the child's line in %q", stdout+stderr)
+	}
+}
