@@ -139,6 +139,11 @@ type Config struct {
 	// LockWait is the first delay before a task whose lock is busy is
 	// offered again; 0 means DefaultLockWait.
 	LockWait time.Duration
+	// AckLinger is how long a finished task's ack may wait for those of
+	// other tasks still running, so that they reach the broker together;
+	// 0 means DefaultAckLinger, negative sends each ack at once. An idle
+	// worker's acks are never held. See acker.go.
+	AckLinger time.Duration
 }
 
 // Worker pulls tasks and runs their handlers. Register handlers before Run.
@@ -161,6 +166,7 @@ type Worker struct {
 	started     time.Time
 	window      *window
 	locks       lockState
+	acker       *acker // while Run runs
 
 	mu       sync.Mutex
 	running  map[*run]struct{}   // one per runner goroutine
@@ -218,6 +224,9 @@ func New(ctx context.Context, nc *nats.Conn, cfg Config) (*Worker, error) {
 	}
 	if cfg.FetchWait == 0 {
 		cfg.FetchWait = DefaultFetchWait
+	}
+	if cfg.AckLinger == 0 {
+		cfg.AckLinger = DefaultAckLinger
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -309,6 +318,11 @@ func (w *Worker) Run(ctx context.Context) error {
 	w.mu.Lock()
 	w.stopping = nil
 	w.mu.Unlock()
+	// Final acks are published in batches (acker.go); the acker outlives
+	// the runners, and publishes what is left when Run returns.
+	w.acker = newAcker(w.nc, w.cfg.AckLinger)
+	go w.acker.run()
+	defer w.acker.close()
 	// Handlers' contexts do not hang from hard (whose children map would
 	// take an insert and a delete per task): the end of the grace cancels
 	// each running handler through w.running, see stopAll.

@@ -336,7 +336,8 @@ func (w *Worker) receive(ctx context.Context, d *dispatcher, src *source, msgs <
 			continue // a heartbeat, or the end of an earlier request
 		}
 		n++
-		tm := &taskMsg{m: m, nc: w.nc}
+		tm := &taskMsg{m: m, nc: w.nc, ack: w.acker}
+		w.acker.received()
 		if ctx.Err() != nil {
 			// Stopping: give it back at once.
 			_ = tm.Nak()

@@ -74,6 +74,7 @@ func pullStatus(m *nats.Msg) (status, done bool, err error) {
 type taskMsg struct {
 	m    *nats.Msg
 	nc   *nats.Conn
+	ack  *acker // final acks go through it when set
 	ackd atomic.Bool
 }
 
@@ -124,6 +125,9 @@ func (t *taskMsg) DoubleAck(ctx context.Context) error {
 		return err
 	}
 	t.ackd.Store(true)
+	if t.ack != nil {
+		t.ack.acked()
+	}
 	return nil
 }
 
@@ -135,7 +139,13 @@ func (t *taskMsg) reply(body []byte, final bool) error {
 	if t.ackd.Load() {
 		return jetstream.ErrMsgAlreadyAckd
 	}
-	if err := t.nc.Publish(t.m.Reply, body); err != nil {
+	var err error
+	if final && t.ack != nil {
+		err = t.ack.send(t.m.Reply, body)
+	} else {
+		err = t.nc.Publish(t.m.Reply, body)
+	}
+	if err != nil {
 		return err
 	}
 	if final {

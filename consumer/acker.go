@@ -1,0 +1,159 @@
+package consumer
+
+import (
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+)
+
+// Acknowledgements in batches.
+//
+// A busy worker ends many tasks a second, each on its own runner goroutine.
+// If each runner published its task's ack itself, the connection's flusher
+// would wake for nearly every one and write it alone: a write system call
+// per task here, and a read per task at the broker, which is what limits
+// throughput on a small machine (measured: 0.72 writes per task against
+// 0.1 for a plain JetStream consumer acking a fetched batch in a loop).
+//
+// So final acknowledgements (ack, nak, term) go through the worker's
+// acker: runners queue them, and one goroutine publishes what has queued.
+// When other tasks are still running, and so more acks are about to come,
+// it first lingers up to AckLinger for them; when this was the last task
+// in flight, it publishes at once. An ack is thus at most AckLinger late
+// while the worker is busy, and not late at all when it goes idle. In
+// progress acks (heartbeats) are not final and are published directly.
+
+// DefaultAckLinger is how long the acker lets acks gather while other
+// tasks are still running.
+const DefaultAckLinger = time.Millisecond
+
+// ackBatch is the most acks the acker waits for: it publishes at once when
+// this many have queued.
+const ackBatch = 256
+
+type pendingAck struct {
+	subject string
+	body    []byte
+}
+
+// acker publishes final acknowledgements in batches; see above.
+type acker struct {
+	nc     *nats.Conn
+	linger time.Duration
+
+	mu sync.Mutex
+	// open counts the tasks received whose final ack is not queued yet:
+	// while there are some, more acks are coming.
+	open  int
+	queue []pendingAck
+	wake  chan struct{} // has a token when queue may be non-empty
+	stop  chan struct{}
+	done  chan struct{}
+}
+
+func newAcker(nc *nats.Conn, linger time.Duration) *acker {
+	return &acker{nc: nc, linger: linger, wake: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
+}
+
+// received counts a task whose final ack will come through send.
+func (a *acker) received() {
+	a.mu.Lock()
+	a.open++
+	a.mu.Unlock()
+}
+
+// acked counts a received task acked without send (a double ack, which
+// waits for the broker's answer).
+func (a *acker) acked() {
+	a.mu.Lock()
+	a.open--
+	a.mu.Unlock()
+	select {
+	case a.wake <- struct{}{}:
+	default:
+	}
+}
+
+// send queues the final acknowledgement of a received task. Like nats.Conn.Publish it fails only on
+// a closed connection; a queued ack is published unless the connection
+// closes first, and then the broker redelivers the task after its ack wait.
+func (a *acker) send(subject string, body []byte) error {
+	a.mu.Lock()
+	a.open--
+	if a.nc.IsClosed() {
+		a.mu.Unlock()
+		return nats.ErrConnectionClosed
+	}
+	a.queue = append(a.queue, pendingAck{subject, body})
+	a.mu.Unlock()
+	select {
+	case a.wake <- struct{}{}:
+	default:
+	}
+	return nil
+}
+
+// run publishes queued acks until close is called, then publishes the
+// rest and returns.
+func (a *acker) run() {
+	defer close(a.done)
+	var batch []pendingAck
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	defer timer.Stop()
+	for {
+		select {
+		case <-a.wake:
+		case <-a.stop:
+			a.flush(&batch)
+			return
+		}
+		if a.linger > 0 && a.more() {
+			// Other tasks are running: let their acks join this batch,
+			// until the linger ends, the batch is full, or the worker
+			// has nothing else running.
+			timer.Reset(a.linger)
+		linger:
+			for {
+				select {
+				case <-timer.C:
+					break linger
+				case <-a.stop:
+					break linger
+				case <-a.wake:
+					if !a.more() {
+						break linger
+					}
+				}
+			}
+			timer.Stop()
+		}
+		a.flush(&batch)
+	}
+}
+
+// more reports whether acks are about to come that could join those
+// queued: tasks are still open, and the batch is not full.
+func (a *acker) more() bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.open > 0 && len(a.queue) < ackBatch
+}
+
+// flush publishes every queued ack.
+func (a *acker) flush(batch *[]pendingAck) {
+	a.mu.Lock()
+	*batch, a.queue = a.queue, (*batch)[:0]
+	a.mu.Unlock()
+	for _, p := range *batch {
+		_ = a.nc.Publish(p.subject, p.body)
+	}
+	clear(*batch)
+}
+
+// close publishes the acks still queued and stops the acker.
+func (a *acker) close() {
+	close(a.stop)
+	<-a.done
+}
