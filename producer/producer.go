@@ -43,6 +43,10 @@ type Config struct {
 	// UniqueTTL bounds how long a unique key stays claimed if no worker
 	// releases it; 0 means forq.DefaultUniqueTTL. See WithUnique.
 	UniqueTTL time.Duration
+	// AckTimeout is how long EnqueueMany waits when no acknowledgement
+	// comes at all before it reports the tasks still waiting with
+	// ErrNoAck; 0 means DefaultAckTimeout.
+	AckTimeout time.Duration
 }
 
 // Producer enqueues tasks. It is safe for concurrent use. It does not own
@@ -53,8 +57,10 @@ type Producer struct {
 	results jetstream.KeyValue
 	cancels jetstream.KeyValue
 	window  int
-	clock   clock // the broker's clock as this producer sees it
-	unique  uniqueKeys
+	// ackTimeout bounds EnqueueMany's wait for acks; see Config.
+	ackTimeout time.Duration
+	clock      clock // the broker's clock as this producer sees it
+	unique     uniqueKeys
 }
 
 // Info describes an enqueued task.
@@ -79,7 +85,13 @@ func New(ctx context.Context, nc *nats.Conn, cfg Config) (*Producer, error) {
 	if cfg.Window == 0 {
 		cfg.Window = DefaultWindow
 	}
-	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(cfg.Window))
+	if cfg.AckTimeout < 0 {
+		return nil, fmt.Errorf("producer: %w: ack timeout %s is negative", forq.ErrInvalidOption, cfg.AckTimeout)
+	}
+	if cfg.AckTimeout == 0 {
+		cfg.AckTimeout = DefaultAckTimeout
+	}
+	js, err := jetstream.New(nc)
 	if err != nil {
 		return nil, fmt.Errorf("producer: %w", err)
 	}
@@ -91,7 +103,7 @@ func New(ctx context.Context, nc *nats.Conn, cfg Config) (*Producer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("producer: %w", err)
 	}
-	return &Producer{nc: nc, js: js, results: h.Results, cancels: h.Cancel, window: cfg.Window, clock: clock{now: cfg.Clock}, unique: uniqueKeys{kv: h.Unique, ttl: cfg.UniqueTTL}}, nil
+	return &Producer{nc: nc, js: js, results: h.Results, cancels: h.Cancel, window: cfg.Window, ackTimeout: cfg.AckTimeout, clock: clock{now: cfg.Clock}, unique: uniqueKeys{kv: h.Unique, ttl: cfg.UniqueTTL}}, nil
 }
 
 // Option changes how a task is enqueued; it overrides the Task's field.
@@ -268,43 +280,23 @@ func (p *Producer) EnqueueMany(ctx context.Context, tasks []forq.Task, opts ...O
 	}
 	infos := make([]Info, len(tasks))
 	errs := make([]error, len(tasks))
-	futures := make(chan int, p.window)
-	acks := make([]jetstream.PubAckFuture, len(tasks))
-	done := make(chan struct{})
-	// The collector owns the futures: it waits for each in order and frees
-	// its slot in the window.
-	go func() {
-		defer close(done)
-		for i := range futures {
-			select {
-			case a := <-acks[i].Ok():
-				infos[i] = Info{ID: tasks[i].ID, Queue: tasks[i].Queue, Sequence: a.Sequence, Duplicate: a.Duplicate}
-			case err := <-acks[i].Err():
-				errs[i] = fmt.Errorf("enqueue %s: %w", tasks[i].ID, err)
-			case <-ctx.Done():
-				errs[i] = fmt.Errorf("enqueue %s: %w", tasks[i].ID, ctx.Err())
-			}
+	acks, err := publishBatch(ctx, p.nc, msgs, p.window, p.ackTimeout)
+	if err != nil {
+		for i := range tasks {
+			p.forget(tasks[i])
 		}
-	}()
-	for i, m := range msgs {
-		if m == nil {
-			infos[i] = Info{ID: dups[i], Queue: tasks[i].Queue, Duplicate: true}
-			continue
-		}
-		if err := ctx.Err(); err != nil {
-			errs[i] = fmt.Errorf("enqueue %s: %w", tasks[i].ID, err)
-			continue
-		}
-		f, err := p.js.PublishMsgAsync(m, jetstream.WithStallWait(time.Minute))
-		if err != nil {
-			errs[i] = fmt.Errorf("enqueue %s: %w", tasks[i].ID, err)
-			continue
-		}
-		acks[i] = f
-		futures <- i // blocks while the window is full
+		return nil, fmt.Errorf("enqueue: %w", err)
 	}
-	close(futures)
-	<-done
+	for i, a := range acks {
+		switch {
+		case msgs[i] == nil:
+			infos[i] = Info{ID: dups[i], Queue: tasks[i].Queue, Duplicate: true}
+		case a.err != nil:
+			errs[i] = fmt.Errorf("enqueue %s: %w", tasks[i].ID, a.err)
+		default:
+			infos[i] = Info{ID: tasks[i].ID, Queue: tasks[i].Queue, Sequence: a.seq, Duplicate: a.dup}
+		}
+	}
 	failed := false
 	for i, err := range errs {
 		if err != nil {
@@ -329,11 +321,13 @@ func (p *Producer) prepare(ctx context.Context, t *forq.Task, opts []Option) (*n
 	if err := t.Validate(); err != nil {
 		return nil, err
 	}
-	m := nats.NewMsg(forq.LevelSubject(t.Queue, t.Priority))
-	m.Data = t.Payload
-	m.Header.Set(forq.HeaderID, t.ID)
-	m.Header.Set(forq.HeaderType, t.Type)
-	m.Header.Set(forq.HeaderMaxAttempts, strconv.Itoa(t.MaxAttempts))
+	// The three headers every task has share one allocation; the keys
+	// are canonical already, so they are set directly.
+	vals := [...]string{t.ID, t.Type, strconv.Itoa(t.MaxAttempts)}
+	m := &nats.Msg{Subject: forq.LevelSubject(t.Queue, t.Priority), Data: t.Payload, Header: make(nats.Header, 4)}
+	m.Header[forq.HeaderID] = vals[0:1:1]
+	m.Header[forq.HeaderType] = vals[1:2:2]
+	m.Header[forq.HeaderMaxAttempts] = vals[2:3:3]
 	if t.Timeout > 0 {
 		m.Header.Set(forq.HeaderTimeout, t.Timeout.String())
 	}

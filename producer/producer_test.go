@@ -2,9 +2,12 @@ package producer_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"net/url"
+	"strconv"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -99,5 +102,66 @@ func TestWaitManyInOrderWithOneWatch(t *testing.T) {
 		if want := fmt.Sprint(i * i); r == nil || r.ID != ids[i] || string(r.Result) != want || r.State != forq.StateSucceeded {
 			t.Fatalf("result %d: got %+v, want task %s succeeded with %s", i, r, ids[i], want)
 		}
+	}
+}
+
+// A batch enqueued while the broker is down fails with ErrNoAck after the
+// ack timeout, task by task; enqueued again once the broker is back, the
+// same tasks are stored once each, whether or not the first attempt
+// reached the broker on reconnect.
+func TestEnqueueManyBrokerDownThenRetry(t *testing.T) {
+	dir := t.TempDir()
+	s := testutil.BrokerIn(t, dir, 0)
+	u, err := url.Parse(s.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	port, _ := strconv.Atoi(u.Port())
+	nc := testutil.Connect(t, s.ClientURL())
+	p, err := producer.New(t.Context(), nc, producer.Config{AckTimeout: 500 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Shutdown()
+	tasks := make([]forq.Task, 10)
+	for i := range tasks {
+		tasks[i] = forq.Task{Queue: "retry", Type: "t", Payload: fmt.Appendf(nil, "%d", i)}
+	}
+	_, err = p.EnqueueMany(t.Context(), tasks)
+	var be *producer.BatchError
+	if !errors.As(err, &be) {
+		t.Fatalf("EnqueueMany with the broker down: %v, want a *BatchError", err)
+	}
+	for i, e := range be.Errs {
+		if !errors.Is(e, producer.ErrNoAck) {
+			t.Fatalf("task %d: %v, want ErrNoAck", i, e)
+		}
+	}
+
+	testutil.BrokerIn(t, dir, port)
+	testutil.Eventually(t, 10*time.Second, nc.IsConnected, "producer did not reconnect")
+	infos, err := p.EnqueueMany(t.Context(), tasks)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, in := range infos {
+		if in.ID != tasks[i].ID {
+			t.Fatalf("task %d enqueued as %s, want its ID %s", i, in.ID, tasks[i].ID)
+		}
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := js.Stream(t.Context(), forq.StreamTasks)
+	if err != nil {
+		t.Fatal(err)
+	}
+	i, err := st.Info(t.Context(), jetstream.WithSubjectFilter(forq.TaskSubject("retry")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := i.State.Subjects[forq.TaskSubject("retry")]; n != 10 {
+		t.Fatalf("%d tasks stored, want 10 (each once)", n)
 	}
 }
