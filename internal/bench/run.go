@@ -15,6 +15,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/forqhq/forq"
@@ -53,6 +54,9 @@ type Options struct {
 	// ProfileDir, if set, receives a CPU profile of every worker and
 	// producer process.
 	ProfileDir string
+	// EmbeddedBroker says the broker runs in this process: its CPU time
+	// is this process's.
+	EmbeddedBroker bool
 	// Stderr receives the child processes' output.
 	Stderr io.Writer
 	// Log gets progress.
@@ -73,6 +77,14 @@ type Figures struct {
 	WorkerRSSMB        float64 `json:"worker_rss_mb"`
 	WorkerRSSLoadedMB  float64 `json:"worker_rss_loaded_mb"`
 	PoolStartupMs      float64 `json:"pool_startup_ms"`
+	// BrokerCPUUsPerTask and ClientCPUUsPerTask are the CPU time (user
+	// and system) of the broker, and of the producer and worker
+	// processes, over the whole measurement of the mode divided by the
+	// tasks it ran: the cost of a task, less sensitive than throughput to
+	// what else the machine is doing. The broker's is known only when it
+	// is embedded in forq bench.
+	BrokerCPUUsPerTask float64 `json:"broker_cpu_us_per_task,omitempty"`
+	ClientCPUUsPerTask float64 `json:"client_cpu_us_per_task"`
 	// Scale maps a pool size to its figures.
 	Scale map[string]*ScaleFigures `json:"scale,omitempty"`
 }
@@ -116,6 +128,7 @@ type runner struct {
 	nc     *nats.Conn
 	js     jetstream.JetStream
 	single int
+	tasks  int // tasks run in the current mode, for the CPU figures
 }
 
 // Run measures forq, and the baseline when asked, on the broker at o.URL.
@@ -168,6 +181,18 @@ func (r *runner) mode(ctx context.Context, mode string) (*Figures, error) {
 	}
 	defer r.teardown(mode)
 	f := &Figures{Scale: map[string]*ScaleFigures{}}
+	r.tasks = 0
+	self0, children0 := cpuTimes()
+	defer func() {
+		if r.tasks == 0 {
+			return
+		}
+		self1, children1 := cpuTimes()
+		f.ClientCPUUsPerTask = round(float64(children1-children0)/1e3/float64(r.tasks), 2)
+		if r.o.EmbeddedBroker {
+			f.BrokerCPUUsPerTask = round(float64(self1-self0)/1e3/float64(r.tasks), 2)
+		}
+	}()
 	p, err := r.startPool(ctx, mode, c, r.o.Workers)
 	if err != nil {
 		return nil, err
@@ -446,7 +471,24 @@ func (r *runner) produce(ctx context.Context, mode, phase string, workers int) (
 	if err := json.Unmarshal(out.Bytes(), &res); err != nil {
 		return nil, fmt.Errorf("producer (%s) output %q: %w", phase, out.String(), err)
 	}
+	switch phase {
+	case PhaseLatency:
+		r.tasks += r.o.Samples + loadTasks
+	case PhaseEnqueue:
+		r.tasks += r.single + r.o.Tasks
+	case PhaseE2E:
+		r.tasks += r.o.Tasks
+	}
 	return &res, nil
+}
+
+// cpuTimes returns the CPU time, user and system, of this process and of
+// its children that have ended, in nanoseconds.
+func cpuTimes() (self, children int64) {
+	var a, b syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &a)
+	_ = syscall.Getrusage(syscall.RUSAGE_CHILDREN, &b)
+	return a.Utime.Nano() + a.Stime.Nano(), b.Utime.Nano() + b.Stime.Nano()
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
@@ -485,6 +527,8 @@ func best(a, b *Figures) *Figures {
 	lo(&a.WorkerRSSMB, b.WorkerRSSMB)
 	lo(&a.WorkerRSSLoadedMB, b.WorkerRSSLoadedMB)
 	lo(&a.PoolStartupMs, b.PoolStartupMs)
+	lo(&a.BrokerCPUUsPerTask, b.BrokerCPUUsPerTask)
+	lo(&a.ClientCPUUsPerTask, b.ClientCPUUsPerTask)
 	for k, bs := range b.Scale {
 		as := a.Scale[k]
 		if as == nil {

@@ -58,6 +58,10 @@ func (r *Report) WriteTable(w io.Writer) error {
 	row("worker RSS, idle (MiB)", f.WorkerRSSMB, b.WorkerRSSMB, 1)
 	row("worker RSS, after load (MiB)", f.WorkerRSSLoadedMB, b.WorkerRSSLoadedMB, 1)
 	row(fmt.Sprintf("pool start-up, %d workers (ms)", s.Workers), f.PoolStartupMs, b.PoolStartupMs, 1)
+	if f.BrokerCPUUsPerTask > 0 {
+		row("CPU per task, broker (µs)", f.BrokerCPUUsPerTask, b.BrokerCPUUsPerTask, 1)
+	}
+	row("CPU per task, producer+workers (µs)", f.ClientCPUUsPerTask, b.ClientCPUUsPerTask, 1)
 	for _, n := range slices.Sorted(func(yield func(int) bool) {
 		for k := range f.Scale {
 			n, _ := strconv.Atoi(k)

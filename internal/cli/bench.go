@@ -102,7 +102,7 @@ func (c *BenchRunCmd) Run(env *Env) error {
 		Command: []string{exe, "--log-level=warn"}, URL: url,
 		Tasks: c.Tasks, Workers: c.Workers, PayloadSize: c.PayloadSize, Rate: c.Rate,
 		Samples: c.Samples, Concurrency: c.Concurrency, Scale: c.Scale, Baseline: c.Baseline, Rounds: c.Rounds, BaselineHeaders: c.BaselineHeaders,
-		ProfileDir: c.ProfileDir, Stderr: env.Stderr, Log: env.Log,
+		ProfileDir: c.ProfileDir, EmbeddedBroker: c.URL == "", Stderr: env.Stderr, Log: env.Log,
 	})
 	if err != nil {
 		return err

@@ -21,7 +21,7 @@ func TestBenchReportsEveryFigure(t *testing.T) {
 	keys := []string{
 		"enqueue_per_sec", "enqueue_batch_per_sec", "drain_per_sec", "e2e_per_sec",
 		"latency_p50_ms", "latency_p99_ms", "load_latency_p50_ms", "load_latency_p99_ms", "load_per_sec",
-		"worker_rss_mb", "worker_rss_loaded_mb", "pool_startup_ms",
+		"worker_rss_mb", "worker_rss_loaded_mb", "pool_startup_ms", "broker_cpu_us_per_task", "client_cpu_us_per_task",
 	}
 	scaleKeys := []string{"e2e_per_sec", "pool_startup_ms", "worker_rss_mb"}
 	check := func(name string, m map[string]any) {

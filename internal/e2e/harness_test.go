@@ -8,6 +8,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -213,6 +214,30 @@ func freePort(t *testing.T) int {
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port
+}
+
+// freePorts returns the first of n consecutive ports that are free on
+// 127.0.0.1, below Linux's ephemeral range (32768 and up) so that no
+// outgoing connection takes one of them before the test's process listens.
+func freePorts(t *testing.T, n int) int {
+	t.Helper()
+	for range 200 {
+		base := 20000 + rand.N(12000-n)
+		ok := true
+		for i := range n {
+			l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", base+i))
+			if err != nil {
+				ok = false
+				break
+			}
+			l.Close()
+		}
+		if ok {
+			return base
+		}
+	}
+	t.Fatalf("no %d consecutive free ports in 20000-32000", n)
+	return 0
 }
 
 // broker is a "forq broker" process.

@@ -150,7 +150,8 @@ func TestMetricsAndHealth(t *testing.T) {
 func TestPoolMetrics(t *testing.T) {
 	b := startBroker(t, "", 0)
 	env := []string{"FORQ_URL=" + b.url}
-	port := freePort(t)
+	// The pool on port, its children on the next two.
+	port := freePorts(t, 3)
 	start(t, "forq", env, "pool", "-n", "2", "--metrics-port", strconv.Itoa(port))
 	pool := fmt.Sprintf("http://127.0.0.1:%d", port)
 	eventually(t, 20*time.Second, func() bool { return status(pool+"/readyz") == 200 }, "pool never ready")
