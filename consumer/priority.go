@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/forqhq/forq"
@@ -116,7 +117,14 @@ type source struct {
 	queue   string
 	prio    forq.Priority
 	subject string // its pull request subject
+	tasks   string // the subject its tasks are published on
 	ackWait time.Duration
+
+	// The pull loop's view of the source; see hints.go.
+	empty   bool      // its last pull found nothing
+	checked time.Time // when that pull was
+	sub     *nats.Subscription
+	seen    *atomic.Int64 // when a task was last published to it (UnixNano), while sub is on
 }
 
 // sources declares the consumers of every level of the worker's queues.
@@ -130,7 +138,7 @@ func (w *Worker) sources(ctx context.Context) (byQueue [][]source, cons []jetstr
 				return nil, nil, err
 			}
 			info := c.CachedInfo()
-			byQueue[i] = append(byQueue[i], source{queue: q, prio: p, subject: pullSubject(info.Stream, info.Name), ackWait: info.Config.AckWait})
+			byQueue[i] = append(byQueue[i], source{queue: q, prio: p, subject: pullSubject(info.Stream, info.Name), tasks: forq.LevelSubject(q, p), ackWait: info.Config.AckWait, seen: new(atomic.Int64)})
 			cons = append(cons, c)
 		}
 	}
@@ -225,6 +233,7 @@ func (w *Worker) pullLoop(ctx context.Context, d *dispatcher, byQueue [][]source
 		}
 	}
 	defer func() { _ = sub.Unsubscribe() }()
+	defer unhint(byQueue)
 	sched := newScheduler(byQueue, w.cfg)
 	idleWait := w.cfg.FetchWait
 	if len(byQueue)*len(forq.Priorities) > 1 {
@@ -236,10 +245,7 @@ func (w *Worker) pullLoop(ctx context.Context, d *dispatcher, byQueue [][]source
 		if !w.acquire(ctx) {
 			return
 		}
-		k := 1
-		for k < cap(w.slots) && k < 256 && w.tryAcquire() {
-			k++
-		}
+		k := w.gather(ctx, p.timer)
 		if max := int64(w.cfg.MaxTasks); max > 0 {
 			left := max - w.claimed.Load()
 			if left <= 0 {
@@ -256,23 +262,45 @@ func (w *Worker) pullLoop(ctx context.Context, d *dispatcher, byQueue [][]source
 		got := 0
 		var failed *source
 		var err error
-		for _, src := range sweep {
+		now := time.Now()
+		// The sources this sweep asks: those not known to be empty.
+		asks := p.asks[:0]
+		for i, src := range sweep {
+			if !w.skip(src, now, idleWait) {
+				asks = append(asks, i)
+			}
+		}
+		p.asks = asks
+		polled := false
+		for _, i := range asks {
 			if got == k {
 				break
 			}
+			src := sweep[i]
+			// When the idle source is the only one left to ask, wait
+			// on it at once, as an idle worker would after a no-wait
+			// pull found nothing: a queue the workers keep up with
+			// then streams into one request, not into many small ones.
+			wait := time.Duration(0)
+			if i == idle && len(asks) == 1 {
+				wait, polled = idleWait, true
+			}
 			var n int
-			n, err = p.pull(ctx, src, k-got, 0)
+			n, err = p.pull(ctx, src, k-got, wait)
 			got += n
 			if err != nil {
 				failed = src
 				break
 			}
+			w.pulled(src, n, now)
 		}
-		if got == 0 && err == nil && ctx.Err() == nil {
+		if got == 0 && err == nil && !polled && ctx.Err() == nil {
 			src := sweep[idle]
 			got, err = p.pull(ctx, src, k, idleWait)
 			if err != nil {
 				failed = src
+			} else {
+				w.pulled(src, got, time.Now())
 			}
 		}
 		w.unclaim(k - got)
@@ -287,8 +315,50 @@ func (w *Worker) pullLoop(ctx context.Context, d *dispatcher, byQueue [][]source
 	}
 }
 
+// maxPull is the most tasks one pull request asks for.
+const maxPull = 256
+
+// pullGather is how long a busy worker waits for more of its slots to
+// free up before it pulls: see gather.
+const pullGather = time.Millisecond
+
+// gather takes the slots for the next pull: the one already acquired and
+// every other free one. While the worker is busy, though (other tasks
+// still hold slots), and fewer than half the slots it may pull for are
+// free, it waits up to pullGather for more to free up. Fast tasks then
+// come in a few large pulls rather than in many small ones, each of which
+// costs the broker a request and the worker a round trip; a slow task
+// waits at most pullGather more to start.
+func (w *Worker) gather(ctx context.Context, timer *time.Timer) int {
+	most := min(cap(w.slots), maxPull)
+	k := 1
+	for k < most && w.tryAcquire() {
+		k++
+	}
+	if k >= most/2 || len(w.slots) == k {
+		return k
+	}
+	timer.Reset(pullGather)
+	defer timer.Stop()
+	for k < most/2 {
+		select {
+		case w.slots <- struct{}{}:
+			k++
+		case <-timer.C:
+			return k
+		case <-ctx.Done():
+			return k
+		}
+	}
+	for k < most && w.tryAcquire() {
+		k++
+	}
+	return k
+}
+
 // puller sends pull requests and takes their answers.
 type puller struct {
+	asks  []int // scratch: the sources a sweep asks
 	w     *Worker
 	d     *dispatcher
 	msgs  chan *nats.Msg

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -11,6 +12,7 @@ import (
 	"github.com/forqhq/forq/consumer"
 	"github.com/forqhq/forq/internal/testutil"
 	"github.com/forqhq/forq/producer"
+	"github.com/nats-io/nats.go"
 )
 
 // starts records the order in which handlers start.
@@ -215,4 +217,45 @@ func TestOrderConfigErrors(t *testing.T) {
 			t.Errorf("New(%+v) = %v, want an invalid option or queue error", cfg, err)
 		}
 	}
+}
+
+// A worker draining its normal level does not ask its empty high and low
+// levels on every sweep: it watches their subjects and asks again when a
+// task is published there, or after the idle poll. Pull requests are
+// counted on the broker's API subjects.
+func TestEmptyLevelsNotAskedEverySweep(t *testing.T) {
+	b := setup(t)
+	const n, conc = 3000, 8
+	enqueueN(t, b, n, producer.WithQueue("hint"))
+	pulls := map[string]*atomic.Int64{}
+	for _, p := range forq.Priorities {
+		c := new(atomic.Int64)
+		pulls[p.String()] = c
+		sub, err := b.nc.Subscribe("$JS.API.CONSUMER.MSG.NEXT."+forq.StreamTasks+"."+forq.LevelConsumerName("hint", p), func(*nats.Msg) { c.Add(1) })
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer sub.Unsubscribe()
+	}
+	if err := b.nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	w := newWorker(t, b, consumer.Config{Queues: []string{"hint"}, Concurrency: conc})
+	var done atomic.Int64
+	w.HandleFunc("t", func(context.Context, *consumer.Task) ([]byte, error) { done.Add(1); return nil, nil })
+	t0 := time.Now()
+	start(t, w)
+	testutil.Eventually(t, 60*time.Second, func() bool { return done.Load() == n }, "tasks do not all run")
+	elapsed := time.Since(t0)
+	normal, high, low := pulls["normal"].Load(), pulls["high"].Load(), pulls["low"].Load()
+	// At most conc tasks per pull: at least n/conc normal pulls.
+	if normal < n/conc {
+		t.Fatalf("%d pulls of the normal level for %d tasks of at most %d each: the spy missed some", normal, n, conc)
+	}
+	// One pull at the start, then one per idle poll at most.
+	limit := int64(elapsed/consumer.DefaultIdlePoll) + 3
+	if high > limit || low > limit {
+		t.Errorf("in %s, %d normal pulls and %d high, %d low: want at most %d of each empty level", elapsed.Round(time.Millisecond), normal, high, low, limit)
+	}
+	t.Logf("%s: %d normal pulls, %d high, %d low", elapsed.Round(time.Millisecond), normal, high, low)
 }
