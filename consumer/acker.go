@@ -19,8 +19,8 @@ import (
 // So final acknowledgements (ack, nak, term) go through the worker's
 // acker: runners queue them, and one goroutine publishes what has queued.
 // When other tasks are still running, and so more acks are about to come,
-// it first lingers up to AckLinger for them; when this was the last task
-// in flight, it publishes at once. An ack is thus at most AckLinger late
+// it first lingers up to AckLinger for them; the ack of the last task in
+// flight is published at once, by the runner itself. An ack is thus at most AckLinger late
 // while the worker is busy, and not late at all when it goes idle. In
 // progress acks (heartbeats) are not final and are published directly.
 
@@ -81,6 +81,13 @@ func (a *acker) acked() {
 func (a *acker) send(subject string, body []byte) error {
 	a.mu.Lock()
 	a.open--
+	if a.open == 0 && len(a.queue) == 0 {
+		// Nothing to gather with: publish it here, without a hop to
+		// the acker's goroutine, and before the caller frees its slot
+		// and the worker pulls again.
+		a.mu.Unlock()
+		return a.nc.Publish(subject, body)
+	}
 	if a.nc.IsClosed() {
 		a.mu.Unlock()
 		return nats.ErrConnectionClosed
