@@ -100,18 +100,17 @@ type batchPub struct {
 	moved chan struct{} // a token when an ack came
 }
 
-// publishBatch publishes msgs (nil entries are skipped) with at most
-// window unacknowledged at once, and returns each one's ack. When ctx ends
-// the messages not yet acknowledged get its error; when no ack has come
-// for timeout, those published get ErrNoAck.
-func publishBatch(ctx context.Context, nc *nats.Conn, msgs []*nats.Msg, window int, timeout time.Duration) ([]pubAck, error) {
+// publishBatch publishes the messages build returns for 0..n-1 (nil: no
+// message for that index) with at most window unacknowledged at once, and
+// returns each one's ack. A message build returns is published before
+// build is called again, so build may reuse it. When ctx ends the
+// messages not yet acknowledged get its error; when no ack has come for
+// timeout, those published get ErrNoAck.
+func publishBatch(ctx context.Context, nc *nats.Conn, n int, build func(i int) (*nats.Msg, error), window int, timeout time.Duration) ([]pubAck, error) {
 	b := &batchPub{
 		prefix: nc.NewInbox() + ".", window: make(chan struct{}, window), timeout: timeout,
-		acks: make([]pubAck, len(msgs)), got: make([]bool, len(msgs)), sent: make([]bool, len(msgs)),
+		acks: make([]pubAck, n), got: make([]bool, n), sent: make([]bool, n),
 		moved: make(chan struct{}, 1),
-	}
-	for i, m := range msgs {
-		b.got[i] = m == nil
 	}
 	sub, err := nc.Subscribe(b.prefix+"*", b.onAck)
 	if err != nil {
@@ -121,16 +120,23 @@ func publishBatch(ctx context.Context, nc *nats.Conn, msgs []*nats.Msg, window i
 	// The window bounds how many acks can be pending, not the
 	// subscription's default limit (64k messages).
 	_ = sub.SetPendingLimits(-1, -1)
-	var buf []byte
-	for i, m := range msgs {
+	var reply []byte
+	for i := range n {
+		m, err := build(i)
 		if m == nil {
+			b.mu.Lock()
+			b.got[i] = true
+			if err != nil {
+				b.acks[i] = pubAck{err: err}
+			}
+			b.mu.Unlock()
 			continue
 		}
 		if !b.acquire(ctx) {
 			break
 		}
-		buf = strconv.AppendInt(append(buf[:0], b.prefix...), int64(i), 10)
-		m.Reply = string(buf)
+		reply = strconv.AppendInt(append(reply[:0], b.prefix...), int64(i), 10)
+		m.Reply = string(reply)
 		b.mu.Lock()
 		b.sent[i] = true
 		b.mu.Unlock()

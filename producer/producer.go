@@ -259,15 +259,19 @@ func (e *BatchError) Unwrap() []error {
 // *BatchError saying which; the others were enqueued. opts apply to every
 // task. Invalid tasks are reported before anything is published.
 func (p *Producer) EnqueueMany(ctx context.Context, tasks []forq.Task, opts ...Option) ([]Info, error) {
-	msgs := make([]*nats.Msg, len(tasks))
+	// Every task is checked (and its unique key and record taken) before
+	// any is published; each message is built again as it is published,
+	// in one reused buffer.
+	buf := newMsgBuf()
+	skip := make([]bool, len(tasks))
 	var dups map[int]string // tasks whose unique key another task holds
 	for i := range tasks {
-		m, err := p.prepare(ctx, &tasks[i], opts)
+		err := p.check(ctx, &tasks[i], opts, buf)
 		if id, ok := duplicateOf(err); ok {
 			if dups == nil {
 				dups = map[int]string{}
 			}
-			dups[i] = id
+			dups[i], skip[i] = id, true
 			continue
 		}
 		if err != nil {
@@ -276,11 +280,18 @@ func (p *Producer) EnqueueMany(ctx context.Context, tasks []forq.Task, opts ...O
 			}
 			return nil, fmt.Errorf("task %d: %w", i, err)
 		}
-		msgs[i] = m
 	}
 	infos := make([]Info, len(tasks))
 	errs := make([]error, len(tasks))
-	acks, err := publishBatch(ctx, p.nc, msgs, p.window, p.ackTimeout)
+	acks, err := publishBatch(ctx, p.nc, len(tasks), func(i int) (*nats.Msg, error) {
+		if skip[i] {
+			return nil, nil
+		}
+		if err := p.encode(ctx, &tasks[i], buf); err != nil {
+			return nil, err
+		}
+		return &buf.m, nil
+	}, p.window, p.ackTimeout)
 	if err != nil {
 		for i := range tasks {
 			p.forget(tasks[i])
@@ -289,7 +300,7 @@ func (p *Producer) EnqueueMany(ctx context.Context, tasks []forq.Task, opts ...O
 	}
 	for i, a := range acks {
 		switch {
-		case msgs[i] == nil:
+		case skip[i]:
 			infos[i] = Info{ID: dups[i], Queue: tasks[i].Queue, Duplicate: true}
 		case a.err != nil:
 			errs[i] = fmt.Errorf("enqueue %s: %w", tasks[i].ID, a.err)
@@ -313,21 +324,73 @@ func (p *Producer) EnqueueMany(ctx context.Context, tasks []forq.Task, opts ...O
 // prepare validates the task, applies opts, records it as queued if it
 // asks for a record, and builds its message.
 func (p *Producer) prepare(ctx context.Context, t *forq.Task, opts []Option) (*nats.Msg, error) {
+	b := newMsgBuf()
+	if err := p.check(ctx, t, opts, b); err != nil {
+		return nil, err
+	}
+	return &b.m, nil
+}
+
+// msgBuf is a task's message and the values of its three usual headers,
+// reused from one task to the next by EnqueueMany: nats.Conn.PublishMsg
+// has copied a message's bytes by the time it returns.
+type msgBuf struct {
+	m    nats.Msg
+	vals [3]string
+}
+
+func newMsgBuf() *msgBuf { return &msgBuf{m: nats.Msg{Header: make(nats.Header, 4)}} }
+
+// check applies opts to t, validates it, encodes it into b, checks its
+// size, claims its unique key and records it as queued if it asks for a
+// record.
+func (p *Producer) check(ctx context.Context, t *forq.Task, opts []Option, b *msgBuf) error {
 	for _, o := range opts {
 		if err := o(t); err != nil {
-			return nil, err
+			return err
 		}
 	}
 	if err := t.Validate(); err != nil {
-		return nil, err
+		return err
 	}
-	// The three headers every task has share one allocation; the keys
-	// are canonical already, so they are set directly.
-	vals := [...]string{t.ID, t.Type, strconv.Itoa(t.MaxAttempts)}
-	m := &nats.Msg{Subject: forq.LevelSubject(t.Queue, t.Priority), Data: t.Payload, Header: make(nats.Header, 4)}
-	m.Header[forq.HeaderID] = vals[0:1:1]
-	m.Header[forq.HeaderType] = vals[1:2:2]
-	m.Header[forq.HeaderMaxAttempts] = vals[2:3:3]
+	if err := p.encode(ctx, t, b); err != nil {
+		return err
+	}
+	m := &b.m
+	if max := p.nc.MaxPayload(); max > 0 {
+		size := int64(len(m.Data)) + headerSize(m.Header) + int64(len(m.Subject))
+		if size > max {
+			return fmt.Errorf("%w: task %s is %d bytes with its headers; the broker accepts at most %d", forq.ErrPayloadTooLarge, t.ID, size, max)
+		}
+	}
+	if t.UniqueKey != "" {
+		if err := p.claimUnique(ctx, t); err != nil {
+			return err
+		}
+	}
+	if t.Record {
+		b, _ := json.Marshal(forq.Result{ID: t.ID, Queue: t.Queue, Type: t.Type, State: forq.StateQueued, Deadline: t.Deadline, ScheduledAt: t.At})
+		if _, err := p.results.Create(ctx, t.ID, b); err != nil && !errors.Is(err, jetstream.ErrKeyExists) {
+			p.releaseUnique(*t)
+			return fmt.Errorf("enqueue %s: record: %w", t.ID, err)
+		}
+	}
+	return nil
+}
+
+// encode writes validated task t into b as its message, replacing what b
+// held. A delayed task's delay is resolved into t.At the first time, so
+// encoding t again gives the same message.
+func (p *Producer) encode(ctx context.Context, t *forq.Task, b *msgBuf) error {
+	m := &b.m
+	clear(m.Header)
+	m.Subject, m.Reply, m.Data = forq.LevelSubject(t.Queue, t.Priority), "", t.Payload
+	// The keys are canonical already, so they are set directly, with
+	// values in b.
+	b.vals = [...]string{t.ID, t.Type, strconv.Itoa(t.MaxAttempts)}
+	m.Header[forq.HeaderID] = b.vals[0:1:1]
+	m.Header[forq.HeaderType] = b.vals[1:2:2]
+	m.Header[forq.HeaderMaxAttempts] = b.vals[2:3:3]
 	if t.Timeout > 0 {
 		m.Header.Set(forq.HeaderTimeout, t.Timeout.String())
 	}
@@ -349,29 +412,9 @@ func (p *Producer) prepare(ctx context.Context, t *forq.Task, opts []Option) (*n
 		m.Header.Set("Nats-TTL", strconv.FormatInt(max(1, int64(math.Ceil(time.Until(t.Deadline).Seconds()))), 10)+"s")
 	}
 	if scheduled(t) {
-		if err := p.schedule(ctx, t, m); err != nil {
-			return nil, err
-		}
+		return p.schedule(ctx, t, m)
 	}
-	if max := p.nc.MaxPayload(); max > 0 {
-		size := int64(len(m.Data)) + headerSize(m.Header) + int64(len(m.Subject))
-		if size > max {
-			return nil, fmt.Errorf("%w: task %s is %d bytes with its headers; the broker accepts at most %d", forq.ErrPayloadTooLarge, t.ID, size, max)
-		}
-	}
-	if t.UniqueKey != "" {
-		if err := p.claimUnique(ctx, t); err != nil {
-			return nil, err
-		}
-	}
-	if t.Record {
-		b, _ := json.Marshal(forq.Result{ID: t.ID, Queue: t.Queue, Type: t.Type, State: forq.StateQueued, Deadline: t.Deadline, ScheduledAt: t.At})
-		if _, err := p.results.Create(ctx, t.ID, b); err != nil && !errors.Is(err, jetstream.ErrKeyExists) {
-			p.releaseUnique(*t)
-			return nil, fmt.Errorf("enqueue %s: record: %w", t.ID, err)
-		}
-	}
-	return m, nil
+	return nil
 }
 
 // forget removes the queued record of a task whose enqueue failed, so that
