@@ -326,7 +326,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	// Handlers' contexts do not hang from hard (whose children map would
 	// take an insert and a delete per task): the end of the grace cancels
 	// each running handler through w.running, see stopAll.
-	d := &dispatcher{w: w, hard: hard, base: context.WithoutCancel(hard), jobs: make(chan job)}
+	d := newDispatcher(w, hard)
 	// One heartbeat loop for every running task.
 	beatDone := make(chan struct{})
 	var beater sync.WaitGroup
@@ -336,7 +336,7 @@ func (w *Worker) Run(ctx context.Context) error {
 		beater.Go(func() { w.heartbeats(tick, beatDone) })
 	}
 	w.pullLoop(ctx, d, byQueue)
-	close(d.jobs)
+	d.close()
 
 	// No more fetching. Let running handlers finish within the grace.
 	done := make(chan struct{})
@@ -437,61 +437,6 @@ type job struct {
 	prio    forq.Priority
 	ackWait time.Duration
 	m       jetstream.Msg
-}
-
-// dispatcher hands fetched tasks to runner goroutines. A runner processes
-// a task, releases its slot and waits for the next one, so that a busy
-// worker does not start (and grow the stack of) a goroutine per task.
-// There are at most Concurrency runners; they exit when jobs is closed.
-type dispatcher struct {
-	w *Worker
-	// hard is Run's context for handlers; the dispatcher lives only
-	// inside Run, which owns it.
-	hard context.Context
-	// base is hard without its cancellation: the parent of handlers'
-	// contexts.
-	base    context.Context
-	jobs    chan job
-	n       atomic.Int64 // runners started
-	runners sync.WaitGroup
-}
-
-// dispatch runs j on an idle runner, or on a new one while there are fewer
-// than Concurrency. j holds a slot, so at most Concurrency-1 runners are
-// busy and a blocking send finds a runner soon.
-func (d *dispatcher) dispatch(j job) {
-	select {
-	case d.jobs <- j:
-		return
-	default:
-	}
-	if d.n.Add(1) <= int64(cap(d.w.slots)) {
-		d.runners.Go(func() { d.run(j) })
-		return
-	}
-	d.n.Add(-1)
-	d.jobs <- j
-}
-
-func (d *dispatcher) run(j job) {
-	w := d.w
-	r := &run{}
-	w.mu.Lock()
-	w.running[r] = struct{}{}
-	w.mu.Unlock()
-	defer func() {
-		w.mu.Lock()
-		delete(w.running, r)
-		w.mu.Unlock()
-	}()
-	for {
-		d.w.process(d.base, r, j.queue, j.prio, j.ackWait, j.m)
-		d.w.release(1)
-		var ok bool
-		if j, ok = <-d.jobs; !ok {
-			return
-		}
-	}
 }
 
 func (w *Worker) acquire(ctx context.Context) bool {
