@@ -137,7 +137,7 @@ type runner struct {
 func Run(ctx context.Context, o Options) (*Report, error) {
 	nc, err := nats.Connect(o.URL, nats.Name("forq bench"))
 	if err != nil {
-		return nil, fmt.Errorf("bench: connect: %w", err)
+		return nil, fmt.Errorf("connect to the broker at %s: %w", o.URL, err)
 	}
 	defer nc.Close()
 	js, err := jetstream.New(nc)
@@ -375,7 +375,7 @@ type workerPool struct {
 // startPool starts n workers of mode and waits until each has a pull
 // request waiting at the broker: ready to take a task.
 func (r *runner) startPool(ctx context.Context, mode string, c jetstream.Consumer, n int) (*workerPool, error) {
-	args := append(slices.Clone(r.o.Command), "bench", "worker", "--mode", mode, "--url", r.o.URL,
+	args := append(slices.Clone(r.o.Command), "bench-worker", "--mode", mode, "--url", r.o.URL,
 		"--concurrency", strconv.Itoa(r.o.Concurrency))
 	if r.o.ProfileDir != "" {
 		args = append(args, "--cpuprofile", filepath.Join(r.o.ProfileDir, fmt.Sprintf("worker-%s-w%d-%%i.pprof", mode, n)))
@@ -451,7 +451,7 @@ func rssOf(pid int) int64 {
 // produce runs a producer process for phase and returns its result.
 func (r *runner) produce(ctx context.Context, mode, phase string, workers int) (*ProducerResult, error) {
 	loadTasks := max(100, min(r.o.Tasks/4, int(r.o.Rate*2)))
-	args := append(slices.Clone(r.o.Command), "bench", "producer", "--mode", mode, "--phase", phase,
+	args := append(slices.Clone(r.o.Command), "bench-producer", "--mode", mode, "--phase", phase,
 		"--url", r.o.URL, "--tasks", strconv.Itoa(r.o.Tasks), "--single", strconv.Itoa(r.single),
 		"--payload-size", strconv.Itoa(r.o.PayloadSize), "--samples", strconv.Itoa(r.o.Samples),
 		"--load-tasks", strconv.Itoa(loadTasks), "--rate", strconv.FormatFloat(r.o.Rate, 'f', -1, 64))

@@ -15,16 +15,9 @@ import (
 	"github.com/nats-io/nats.go"
 )
 
-// BenchCmd is "forq bench": the measurement, and the hidden worker and
-// producer processes it re-executes this binary as.
+// BenchCmd is "forq bench [flags]". The processes it starts are the hidden
+// commands bench-worker and bench-producer of the same binary.
 type BenchCmd struct {
-	Run      BenchRunCmd      `cmd:"" default:"withargs" help:"Measure (the default)."`
-	Worker   BenchWorkerCmd   `cmd:"" hidden:"" help:"A worker process of forq bench."`
-	Producer BenchProducerCmd `cmd:"" hidden:"" help:"A producer process of forq bench."`
-}
-
-// BenchRunCmd is "forq bench [flags]".
-type BenchRunCmd struct {
 	Tasks           int     `default:"20000" help:"Tasks per throughput measurement."`
 	Workers         int     `short:"w" default:"0" help:"Worker processes; 0 is the number of CPUs."`
 	PayloadSize     int     `default:"64" help:"Payload of each task in bytes (at least 16: the enqueue time and a probe number)."`
@@ -43,7 +36,7 @@ type BenchRunCmd struct {
 }
 
 // Run measures and prints the figures.
-func (c *BenchRunCmd) Run(env *Env) error {
+func (c *BenchCmd) Run(env *Env) error {
 	if c.Tasks < 1 || c.Samples < 1 || c.Rounds < 1 || c.Concurrency < 1 || c.Rate <= 0 || c.Workers < 0 {
 		return usageErr("--tasks, --samples, --rounds, --concurrency and --rate must be positive, --workers not negative")
 	}

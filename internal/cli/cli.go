@@ -68,6 +68,9 @@ type CLI struct {
 	Health  HealthCmd  `cmd:"" help:"Exit 0 if the broker (or a forq process's /healthz) is healthy; for scripts and docker-compose healthchecks."`
 	Demo    DemoCmd    `cmd:"" help:"Run the multiprocessing tutorial's examples over the queue with real processes."`
 	Bench   BenchCmd   `cmd:"" help:"Measure forq's throughput, latency and footprint, optionally beside raw JetStream."`
+	// The processes forq bench starts, re-executing this binary.
+	BenchWorker   BenchWorkerCmd   `cmd:"" name:"bench-worker" hidden:"" help:"A worker process of forq bench."`
+	BenchProducer BenchProducerCmd `cmd:"" name:"bench-producer" hidden:"" help:"A producer process of forq bench."`
 
 	Schedule ScheduleCmd `cmd:"" help:"Periodic tasks: add (--every or --cron), ls, rm."`
 }

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"encoding/json"
+	"strings"
 	"testing"
 )
 
@@ -58,5 +59,18 @@ func TestBenchReportsEveryFigure(t *testing.T) {
 	}
 	if s, ok := rep["settings"].(map[string]any); !ok || s["workers"] != 2.0 || s["tasks"] != 1000.0 {
 		t.Errorf("settings = %v, want workers 2 and tasks 1000", rep["settings"])
+	}
+}
+
+// "forq bench --help" lists the measurement's flags, and a broker that is
+// not there is named.
+func TestBenchHelpAndNoBroker(t *testing.T) {
+	code, out, _ := run(t, nil, nil, "bench", "--help")
+	if code != 0 || !strings.Contains(out, "--tasks") || !strings.Contains(out, "--baseline") {
+		t.Errorf("forq bench --help: exit %d, want 0 and the flags --tasks and --baseline:\n%s", code, out)
+	}
+	code, _, errOut := run(t, nil, nil, "bench", "--url", "nats://127.0.0.1:1", "--tasks", "10", "--scale=")
+	if code != 1 || !strings.Contains(errOut, "connect to the broker at nats://127.0.0.1:1") {
+		t.Errorf("forq bench with no broker: exit %d, stderr %q; want 1 and the broker's URL named", code, errOut)
 	}
 }
