@@ -32,8 +32,11 @@ import (
 // flight when it was published; a redelivered one at most idleWait.
 
 // notifyWindow is how long after a task is published to an empty source
-// the source is pulled on every sweep, whatever the pulls find.
-const notifyWindow = 50 * time.Millisecond
+// the source is pulled on every sweep, whatever the pulls find: ample for
+// the stream to store the task even on a loaded broker (a source gets one
+// such notice each time the worker finds it empty, so the cost is a few
+// no-wait pulls).
+const notifyWindow = 200 * time.Millisecond
 
 // skip reports whether the sweep at now can pass src by.
 func (w *Worker) skip(src *source, now time.Time, recheck time.Duration) bool {
