@@ -110,8 +110,10 @@ type Settings struct {
 	Scale           []int   `json:"scale,omitempty"`
 	Broker          string  `json:"broker"`
 	SyncAlways      bool    `json:"sync_always"`
-	CPUs            int     `json:"cpus"`
-	CPUModel        string  `json:"cpu_model,omitempty"`
+	// Embedded is true when the broker ran in forq bench's process.
+	Embedded bool   `json:"embedded_broker"`
+	CPUs     int    `json:"cpus"`
+	CPUModel string `json:"cpu_model,omitempty"`
 }
 
 // Report is the result of a run: forq's figures, and with a baseline its

@@ -16,6 +16,9 @@ func (r *Report) WriteTable(w io.Writer) error {
 	if s.SyncAlways {
 		sync = "fsync every write"
 	}
+	if !s.Embedded {
+		sync = "the broker's own setting"
+	}
 	fmt.Fprintf(w, "forq bench: %d tasks of %d bytes, %d worker processes (concurrency %d each; the baseline fetches batches of %d); best of %d round(s)\n",
 		s.Tasks, s.PayloadSize, s.Workers, s.Concurrency, s.Concurrency, s.Rounds)
 	fmt.Fprintf(w, "broker: %s; fsync: %s\n", s.Broker, sync)

@@ -40,6 +40,9 @@ func (c *BenchCmd) Run(env *Env) error {
 	if c.Tasks < 1 || c.Samples < 1 || c.Rounds < 1 || c.Concurrency < 1 || c.Rate <= 0 || c.Workers < 0 {
 		return usageErr("--tasks, --samples, --rounds, --concurrency and --rate must be positive, --workers not negative")
 	}
+	if c.SyncAlways && c.URL != "" {
+		return usageErr("--sync-always sets the embedded broker's fsync; with --url the broker's own setting holds")
+	}
 	if c.PayloadSize < bench.MinPayload {
 		return usageErr("--payload-size %d: must be at least %d", c.PayloadSize, bench.MinPayload)
 	}
@@ -101,7 +104,8 @@ func (c *BenchCmd) Run(env *Env) error {
 		return err
 	}
 	rep.Settings.Broker = where
-	rep.Settings.SyncAlways = c.SyncAlways && c.URL == ""
+	rep.Settings.SyncAlways = c.SyncAlways
+	rep.Settings.Embedded = c.URL == ""
 	rep.Settings.CPUs = runtime.NumCPU()
 	rep.Settings.CPUModel, _ = bench.CPUModel()
 	if c.JSON {

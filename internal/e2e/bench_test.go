@@ -62,8 +62,8 @@ func TestBenchReportsEveryFigure(t *testing.T) {
 	}
 }
 
-// "forq bench --help" lists the measurement's flags, and a broker that is
-// not there is named.
+// "forq bench --help" lists the measurement's flags, a broker that is not
+// there is named, and a flag that would do nothing is refused.
 func TestBenchHelpAndNoBroker(t *testing.T) {
 	code, out, _ := run(t, nil, nil, "bench", "--help")
 	if code != 0 || !strings.Contains(out, "--tasks") || !strings.Contains(out, "--baseline") {
@@ -72,5 +72,11 @@ func TestBenchHelpAndNoBroker(t *testing.T) {
 	code, _, errOut := run(t, nil, nil, "bench", "--url", "nats://127.0.0.1:1", "--tasks", "10", "--scale=")
 	if code != 1 || !strings.Contains(errOut, "connect to the broker at nats://127.0.0.1:1") {
 		t.Errorf("forq bench with no broker: exit %d, stderr %q; want 1 and the broker's URL named", code, errOut)
+	}
+	// --sync-always sets the embedded broker's fsync: with --url it
+	// would do nothing, so it is refused.
+	code, _, errOut = run(t, nil, nil, "bench", "--url", "nats://127.0.0.1:1", "--sync-always")
+	if code != 2 || !strings.Contains(errOut, "--sync-always") {
+		t.Errorf("forq bench --url --sync-always: exit %d, stderr %q; want 2 and the flag named", code, errOut)
 	}
 }
