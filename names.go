@@ -44,7 +44,8 @@ const (
 	// HeaderType names the task type, which selects the handler.
 	HeaderType = "Forq-Type"
 	// HeaderMaxAttempts is the number of times the task may run, a decimal
-	// integer; absent means DefaultMaxAttempts.
+	// integer; absent means DefaultMaxAttempts. The producer leaves it out
+	// when the task uses the default.
 	HeaderMaxAttempts = "Forq-Max-Attempts"
 	// HeaderTimeout bounds one attempt, as a Go duration ("30s", "1m30s");
 	// absent means no timeout.

@@ -386,11 +386,16 @@ func (p *Producer) encode(ctx context.Context, t *forq.Task, b *msgBuf) error {
 	clear(m.Header)
 	m.Subject, m.Reply, m.Data = forq.LevelSubject(t.Queue, t.Priority), "", t.Payload
 	// The keys are canonical already, so they are set directly, with
-	// values in b.
-	b.vals = [...]string{t.ID, t.Type, strconv.Itoa(t.MaxAttempts)}
+	// values in b. Forq-Max-Attempts is left out at the default, which is
+	// what its absence means: every header costs the broker on every
+	// message (docs/bench.md).
+	b.vals = [...]string{t.ID, t.Type, ""}
 	m.Header[forq.HeaderID] = b.vals[0:1:1]
 	m.Header[forq.HeaderType] = b.vals[1:2:2]
-	m.Header[forq.HeaderMaxAttempts] = b.vals[2:3:3]
+	if t.MaxAttempts != forq.DefaultMaxAttempts {
+		b.vals[2] = strconv.Itoa(t.MaxAttempts)
+		m.Header[forq.HeaderMaxAttempts] = b.vals[2:3:3]
+	}
 	if t.Timeout > 0 {
 		m.Header.Set(forq.HeaderTimeout, t.Timeout.String())
 	}

@@ -36,9 +36,10 @@ type ProducerOptions struct {
 	// sent at Rate per second.
 	Samples, LoadTasks int
 	Rate               float64
-	// Headers makes the baseline publish forq's headers too (a unique
-	// Nats-Msg-Id, so the broker de-duplicates, and the task's type and
-	// attempts), to tell the wire format's cost from forq's code's.
+	// Headers makes the baseline publish the headers forq gives a task with
+	// the default options (a unique Nats-Msg-Id, so the broker
+	// de-duplicates, and Forq-Type), to tell the wire format's cost from
+	// forq's code's.
 	Headers bool
 }
 
@@ -106,9 +107,8 @@ func (b basePub) msg(payload []byte) *nats.Msg {
 	m := &nats.Msg{Subject: BaselineSubject, Data: payload}
 	if b.headers {
 		m.Header = nats.Header{
-			forq.HeaderID:          []string{forq.NewID()},
-			forq.HeaderType:        []string{TaskType},
-			forq.HeaderMaxAttempts: []string{"3"},
+			forq.HeaderID:   []string{forq.NewID()},
+			forq.HeaderType: []string{TaskType},
 		}
 	}
 	return m

@@ -23,7 +23,7 @@ func (r *Report) WriteTable(w io.Writer) error {
 		s.Tasks, s.PayloadSize, s.Workers, s.Concurrency, s.Concurrency, s.Rounds)
 	fmt.Fprintf(w, "broker: %s; fsync: %s\n", s.Broker, sync)
 	if s.BaselineHeaders {
-		fmt.Fprintln(w, "the baseline publishes forq's headers (Nats-Msg-Id, type, attempts)")
+		fmt.Fprintln(w, "the baseline publishes forq's headers (Nats-Msg-Id, Forq-Type)")
 	}
 	fmt.Fprintf(w, "machine: %d CPUs, %s\n\n", s.CPUs, s.CPUModel)
 

@@ -27,7 +27,7 @@ type BenchCmd struct {
 	Scale           []int   `default:"1,2,4,8" help:"Pool sizes whose end-to-end throughput, start-up and RSS are measured too; empty to skip."`
 	Baseline        bool    `help:"Measure plain JetStream in the same layout too, and print the ratio forq/JetStream of each figure."`
 	Rounds          int     `default:"1" help:"Measure each mode this many times, forq and baseline alternately, and report the best of each figure (a busy machine is noisy)."`
-	BaselineHeaders bool    `help:"Make the baseline publish forq's headers too (a unique Nats-Msg-Id, type, attempts), to tell the cost of the wire format from that of forq's code."`
+	BaselineHeaders bool    `help:"Make the baseline publish forq's headers too (a unique Nats-Msg-Id and the type, as forq sends a task with the default attempts), to tell the cost of the wire format from that of forq's code."`
 	JSON            bool    `help:"Print one JSON object instead of a table."`
 	URL             string  `help:"Use the broker at this URL instead of an embedded one. Its FORQ_TASKS stream gets a 'bench' queue, emptied after the run."`
 	SyncAlways      bool    `help:"Make the embedded broker fsync every write before acknowledging it."`
