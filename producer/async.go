@@ -23,7 +23,7 @@ import (
 // message's reply subject is a per-batch inbox and the task's index in the
 // batch, one subscription takes every ack, and the ack is read with a
 // small parser (the broker's PubAck is {"stream":..,"seq":N} with
-// "duplicate":true on a duplicate, or an "error" object).
+// "duplicate": true on a duplicate, or an "error" object).
 
 // ErrNoAck is the error of a task whose enqueue the broker did not
 // acknowledge within the producer's AckTimeout. It may have been stored:
@@ -42,7 +42,7 @@ type pubAck struct {
 	err error
 }
 
-// parsePubAck reads a PubAck: {"stream":"S","seq":N} with "duplicate":true
+// parsePubAck reads a PubAck: {"stream":"S","seq":N} with "duplicate": true
 // for a duplicate and "domain" on a domain, or {"error":{...}}. A status
 // message (no responders) has no data and a Status header.
 func parsePubAck(m *nats.Msg) pubAck {
@@ -83,7 +83,10 @@ func parsePubAck(m *nats.Msg) pubAck {
 	if j == start {
 		return pubAck{err: fmt.Errorf("malformed acknowledgement %q", b)}
 	}
-	a.dup = bytes.Contains(b, []byte(`"duplicate":true`))
+	// The broker writes `"duplicate": true`, with a space.
+	if k := bytes.Index(b, []byte(`"duplicate":`)); k >= 0 {
+		a.dup = bytes.HasPrefix(bytes.TrimLeft(b[k+len(`"duplicate":`):], " "), []byte("true"))
+	}
 	return a
 }
 

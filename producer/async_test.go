@@ -21,6 +21,9 @@ func TestParsePubAck(t *testing.T) {
 	}{
 		{"stored", &nats.Msg{Data: []byte(`{"stream":"FORQ_TASKS","seq":42}`)}, 42, false, ""},
 		{"duplicate", &nats.Msg{Data: []byte(`{"stream":"FORQ_TASKS","seq":7,"duplicate":true}`)}, 7, true, ""},
+		// As nats-server 2.15 writes it.
+		{"duplicate as the broker writes it", &nats.Msg{Data: []byte(`{"stream":"FORQ_TASKS","seq":7,"duplicate": true}`)}, 7, true, ""},
+		{"not a duplicate", &nats.Msg{Data: []byte(`{"stream":"FORQ_TASKS","seq":7,"duplicate": false}`)}, 7, false, ""},
 		{"domain", &nats.Msg{Data: []byte(`{"stream":"FORQ_TASKS","domain":"hub","seq": 18446744073709551615}`)}, 18446744073709551615, false, ""},
 		{"refused", &nats.Msg{Data: []byte(`{"error":{"code":503,"err_code":10077,"description":"maximum messages exceeded"},"stream":"FORQ_TASKS","seq":0}`)}, 0, false, "maximum messages exceeded (code 503, error 10077)"},
 		{"no responders", status("503", ""), 0, false, "no stream takes this subject"},
