@@ -59,6 +59,8 @@ type Producer struct {
 	window  int
 	// ackTimeout bounds EnqueueMany's wait for acks; see Config.
 	ackTimeout time.Duration
+	// batching: forq.StreamTasks takes fast batch publishes.
+	batching bool
 	clock      clock // the broker's clock as this producer sees it
 	unique     uniqueKeys
 }
@@ -69,7 +71,9 @@ type Info struct {
 	ID string
 	// Queue it went to.
 	Queue string
-	// Sequence is the task's sequence number in forq.StreamTasks.
+	// Sequence is the task's sequence number in forq.StreamTasks. It is 0
+	// for a duplicate, and for all but the last task of an EnqueueMany
+	// sent as one batch (see EnqueueMany).
 	Sequence uint64
 	// Duplicate is true when the broker already had a task with this ID
 	// inside its duplicate window; nothing new was enqueued.
@@ -103,7 +107,7 @@ func New(ctx context.Context, nc *nats.Conn, cfg Config) (*Producer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("producer: %w", err)
 	}
-	return &Producer{nc: nc, js: js, results: h.Results, cancels: h.Cancel, window: cfg.Window, ackTimeout: cfg.AckTimeout, clock: clock{now: cfg.Clock}, unique: uniqueKeys{kv: h.Unique, ttl: cfg.UniqueTTL}}, nil
+	return &Producer{nc: nc, js: js, results: h.Results, cancels: h.Cancel, window: cfg.Window, ackTimeout: cfg.AckTimeout, batching: h.Batching, clock: clock{now: cfg.Clock}, unique: uniqueKeys{kv: h.Unique, ttl: cfg.UniqueTTL}}, nil
 }
 
 // Option changes how a task is enqueued; it overrides the Task's field.
@@ -257,7 +261,16 @@ func (e *BatchError) Unwrap() []error {
 // in flight at once, and returns once the broker has acknowledged each one.
 // infos[i] describes tasks[i]. If any task was not enqueued the error is a
 // *BatchError saying which; the others were enqueued. opts apply to every
-// task. Invalid tasks are reported before anything is published.
+// task. Invalid tasks are reported before anything is published. Each
+// task's ID is set in tasks, so enqueueing the same slice again (after an
+// ErrNoAck, say) does not enqueue a task twice.
+//
+// When EnqueueMany makes the IDs (none is set in tasks or opts) and no
+// task is delayed, the tasks go to the broker as one fast batch (NATS 2.14
+// and later): the broker acknowledges every few hundred tasks instead of
+// each one, which costs both sides less. Only the last task's Info then
+// has its Sequence. Otherwise each task is acknowledged on its own, with
+// its Sequence and Duplicate.
 func (p *Producer) EnqueueMany(ctx context.Context, tasks []forq.Task, opts ...Option) ([]Info, error) {
 	// Every task is checked (and its unique key and record taken) before
 	// any is published; each message is built again as it is published,
@@ -265,7 +278,11 @@ func (p *Producer) EnqueueMany(ctx context.Context, tasks []forq.Task, opts ...O
 	buf := newMsgBuf()
 	skip := make([]bool, len(tasks))
 	var dups map[int]string // tasks whose unique key another task holds
+	// Tasks whose IDs are made here are new to the broker: they can go as
+	// one fast batch, which does not say which tasks were duplicates.
+	fast := p.batching && !setsID(opts)
 	for i := range tasks {
+		fast = fast && tasks[i].ID == ""
 		err := p.check(ctx, &tasks[i], opts, buf)
 		if id, ok := duplicateOf(err); ok {
 			if dups == nil {
@@ -281,9 +298,16 @@ func (p *Producer) EnqueueMany(ctx context.Context, tasks []forq.Task, opts ...O
 			return nil, fmt.Errorf("task %d: %w", i, err)
 		}
 	}
+	n := 0
+	for i := range tasks {
+		if !skip[i] {
+			n++
+			fast = fast && !scheduled(&tasks[i])
+		}
+	}
 	infos := make([]Info, len(tasks))
 	errs := make([]error, len(tasks))
-	acks, err := publishBatch(ctx, p.nc, len(tasks), func(i int) (*nats.Msg, error) {
+	build := func(i int) (*nats.Msg, error) {
 		if skip[i] {
 			return nil, nil
 		}
@@ -291,7 +315,15 @@ func (p *Producer) EnqueueMany(ctx context.Context, tasks []forq.Task, opts ...O
 			return nil, err
 		}
 		return &buf.m, nil
-	}, p.window, p.ackTimeout)
+	}
+	var acks []pubAck
+	var err error
+	if fast && n > 1 {
+		acks, err = publishFastBatch(ctx, p.nc, len(tasks), build, p.window, p.ackTimeout)
+	}
+	if acks == nil && (err == nil || errors.Is(err, errBatchRefused)) {
+		acks, err = publishBatch(ctx, p.nc, len(tasks), build, p.window, p.ackTimeout)
+	}
 	if err != nil {
 		for i := range tasks {
 			p.forget(tasks[i])
@@ -319,6 +351,15 @@ func (p *Producer) EnqueueMany(ctx context.Context, tasks []forq.Task, opts ...O
 		return infos, &BatchError{Errs: errs}
 	}
 	return infos, nil
+}
+
+// setsID reports whether opts give the task an ID.
+func setsID(opts []Option) bool {
+	var t forq.Task
+	for _, o := range opts {
+		_ = o(&t)
+	}
+	return t.ID != ""
 }
 
 // prepare validates the task, applies opts, records it as queued if it

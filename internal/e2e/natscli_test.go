@@ -274,6 +274,7 @@ func TestNatsCLIQueuedTasks(t *testing.T) {
 		`Storage: File`,
 		`Retention: WorkQueue`,
 		`Duplicate Window: 2m0s`,
+		`Allows Fast Batch Publish: true`,
 		`Messages: 3\n`,
 		`First Sequence: 1 @`,
 		`Last Sequence: 3 @`,

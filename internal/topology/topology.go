@@ -28,11 +28,13 @@ type Options struct {
 
 // Handles are what Ensure declared: the two streams and the results bucket.
 type Handles struct {
-	Tasks   jetstream.Stream
-	Dead    jetstream.Stream
-	Results jetstream.KeyValue
-	Cancel  jetstream.KeyValue
-	Workers jetstream.KeyValue
+	Tasks jetstream.Stream
+	// Batching is whether Tasks takes fast batch publishes.
+	Batching bool
+	Dead     jetstream.Stream
+	Results  jetstream.KeyValue
+	Cancel   jetstream.KeyValue
+	Workers  jetstream.KeyValue
 	// Locks and Unique are forq.BucketLocks and forq.BucketUnique.
 	Locks  jetstream.KeyValue
 	Unique jetstream.KeyValue
@@ -63,11 +65,16 @@ func Ensure(ctx context.Context, js jetstream.JetStream, o Options) (*Handles, e
 		// a schedule replaces the last one on its subject (a roll-up).
 		AllowMsgSchedules: true,
 		AllowRollup:       true,
+		// Producers send a batch of tasks as one flow-controlled batch
+		// (NATS 2.14 and later; an older broker ignores the setting and
+		// producers publish task by task).
+		AllowBatchPublish: batching(js),
 	})
 	if err != nil {
 		return nil, err
 	}
-	if err := upgradeTasks(ctx, js, tasks); err != nil {
+	batch, err := upgradeTasks(ctx, js, tasks)
+	if err != nil {
 		return nil, err
 	}
 	dead, err := ensureStream(ctx, js, jetstream.StreamConfig{
@@ -132,7 +139,17 @@ func Ensure(ctx context.Context, js jetstream.JetStream, o Options) (*Handles, e
 	if err != nil {
 		return nil, err
 	}
-	return &Handles{Tasks: tasks, Dead: dead, Results: kv, Cancel: cancel, Workers: workers, Locks: locks, Unique: unique}, nil
+	return &Handles{Tasks: tasks, Batching: batch, Dead: dead, Results: kv, Cancel: cancel, Workers: workers, Locks: locks, Unique: unique}, nil
+}
+
+// batching reports whether the broker js is connected to takes fast batch
+// publishes (NATS 2.14 and later).
+func batching(js jetstream.JetStream) bool {
+	var major, minor int
+	if _, err := fmt.Sscanf(js.Conn().ConnectedServerVersion(), "%d.%d", &major, &minor); err != nil {
+		return false
+	}
+	return major > 2 || major == 2 && minor >= 14
 }
 
 // taskSubjects are FORQ_TASKS's subjects: the queues, the delayed tasks'
@@ -144,9 +161,10 @@ var taskSubjects = []string{
 }
 
 // upgradeTasks adds to a FORQ_TASKS declared by an older forq what delayed
-// and periodic tasks need: their subjects and message schedules. It only
-// adds; what the stream has stays.
-func upgradeTasks(ctx context.Context, js jetstream.JetStream, s jetstream.Stream) error {
+// and periodic tasks need (their subjects and message schedules) and, on a
+// broker that has it, batched publishing. It only adds; what the stream
+// has stays. It reports whether the stream takes fast batch publishes.
+func upgradeTasks(ctx context.Context, js jetstream.JetStream, s jetstream.Stream) (batch bool, err error) {
 	cfg := s.CachedInfo().Config
 	missing := false
 	for _, want := range taskSubjects {
@@ -155,14 +173,18 @@ func upgradeTasks(ctx context.Context, js jetstream.JetStream, s jetstream.Strea
 			missing = true
 		}
 	}
-	if !missing && cfg.AllowMsgSchedules && cfg.AllowRollup && !cfg.DenyPurge {
-		return nil
+	// Batching stays on if the stream has it, whatever server this
+	// process is connected to.
+	batch = cfg.AllowBatchPublish || batching(js)
+	if !missing && cfg.AllowMsgSchedules && cfg.AllowRollup && !cfg.DenyPurge && cfg.AllowBatchPublish == batch {
+		return batch, nil
 	}
-	cfg.AllowMsgSchedules, cfg.AllowRollup, cfg.DenyPurge = true, true, false
-	if _, err := js.UpdateStream(ctx, cfg); err != nil {
-		return fmt.Errorf("add message schedules to stream %s: %w", cfg.Name, err)
+	cfg.AllowMsgSchedules, cfg.AllowRollup, cfg.DenyPurge, cfg.AllowBatchPublish = true, true, false, batch
+	info, err := js.UpdateStream(ctx, cfg)
+	if err != nil {
+		return false, fmt.Errorf("upgrade stream %s: %w", cfg.Name, err)
 	}
-	return nil
+	return info.CachedInfo().Config.AllowBatchPublish, nil
 }
 
 func ensureStream(ctx context.Context, js jetstream.JetStream, cfg jetstream.StreamConfig) (jetstream.Stream, error) {
