@@ -223,4 +223,17 @@ func TestEnqueueManyWithoutBatching(t *testing.T) {
 	if got := queueCount(t, js, "plain"); got != 100 {
 		t.Fatalf("queue holds %d tasks, want 100", got)
 	}
+
+	// The next producer to start turns batching back on, as it does on a
+	// stream declared by an older forq.
+	if _, err := producer.New(t.Context(), nc, producer.Config{}); err != nil {
+		t.Fatal(err)
+	}
+	info, err := st.Info(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !info.Config.AllowBatchPublish {
+		t.Errorf("%s does not allow batched publishing after a producer started", forq.StreamTasks)
+	}
 }
