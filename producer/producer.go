@@ -61,8 +61,8 @@ type Producer struct {
 	ackTimeout time.Duration
 	// batching: forq.StreamTasks takes fast batch publishes.
 	batching bool
-	clock      clock // the broker's clock as this producer sees it
-	unique     uniqueKeys
+	clock    clock // the broker's clock as this producer sees it
+	unique   uniqueKeys
 }
 
 // Info describes an enqueued task.
