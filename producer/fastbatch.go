@@ -53,6 +53,11 @@ const (
 	errCodeBatchInflight = 10211
 )
 
+// errCodeBatchUnknown is the broker's answer to a message of a batch it
+// does not know (any more): it restarted, or dropped the batch after its
+// timeout. No commit will come for it.
+const errCodeBatchUnknown = 10208
+
 // errBatchRefused is the fast batch's result when the broker refused the
 // batch as a whole and stored nothing.
 var errBatchRefused = errors.New("the broker refused the batch")
@@ -121,6 +126,7 @@ type fastBatch struct {
 	failed  uint64 // the first message the broker refused, if any
 	failErr error
 	done    bool // the final PubAck came
+	lost    bool // the broker no longer knows the batch
 	final   fastReply
 	moved   chan struct{} // a token when an answer came
 }
@@ -150,6 +156,7 @@ func (b *fastBatch) onReply(m *nats.Msg) {
 		// subject it came to: one the broker refused before it reached
 		// the batch (too large, say), or the batch's first.
 		b.fail(replySeq(m.Subject), r.err)
+		b.lost = b.lost || errCode(r.err) == errCodeBatchUnknown
 	case r.kind == "":
 		b.done, b.final = true, r
 		b.acked = max(b.acked, r.count)
@@ -169,19 +176,20 @@ func (b *fastBatch) fail(seq uint64, err error) {
 	}
 }
 
-// over reports whether nothing more will come: the final PubAck came, or
-// the first message was refused (there is no batch to commit then).
+// over reports whether nothing more will come: the final PubAck came, the
+// first message was refused (there is no batch to commit then), or the
+// broker lost the batch.
 func (b *fastBatch) over() bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	return b.done || b.failed == 1
+	return b.done || b.failed == 1 || b.lost
 }
 
 // stopped reports whether the broker ended the batch.
 func (b *fastBatch) stopped() bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	return b.done || b.failed != 0
+	return b.done || b.failed != 0 || b.lost
 }
 
 // publishFastBatch publishes the messages build returns for 0..n-1 (nil:
@@ -204,7 +212,10 @@ func publishFastBatch(ctx context.Context, nc *nats.Conn, n int, build func(i in
 
 	acks := make([]pubAck, n)
 	bseq := make([]uint64, n) // each index's batch sequence; 0: not published
-	prefix := inbox + "." + nuid.Next() + "." + strconv.Itoa(fastFlow) + ".fail."
+	// The broker acks at least every flow messages, so that a window
+	// smaller than fastFlow is not left waiting for an ack.
+	flow := max(1, min(fastFlow, window/2))
+	prefix := inbox + "." + nuid.Next() + "." + strconv.Itoa(flow) + ".fail."
 	var (
 		reply    []byte
 		k        uint64 // batch sequence of the last message published
@@ -302,8 +313,10 @@ func publishFastBatch(ctx context.Context, nc *nats.Conn, n int, build func(i in
 			}
 		case s == b.failed:
 			acks[i] = pubAck{err: b.failErr}
-		case b.done || b.failed == 1:
+		case b.done || b.failed == 1 || b.lost && s > b.failed:
 			acks[i] = pubAck{err: notStored}
+		case b.lost:
+			acks[i] = pubAck{err: fmt.Errorf("%w: the broker lost the batch (did it restart?)", ErrNoAck)}
 		case ctx.Err() != nil:
 			acks[i] = pubAck{err: ctx.Err()}
 		case pubErr != nil:

@@ -3,9 +3,12 @@ package producer_test
 import (
 	"errors"
 	"fmt"
+	"net/url"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/forqhq/forq"
 	"github.com/forqhq/forq/internal/testutil"
@@ -235,5 +238,100 @@ func TestEnqueueManyWithoutBatching(t *testing.T) {
 	}
 	if !info.Config.AllowBatchPublish {
 		t.Errorf("%s does not allow batched publishing after a producer started", forq.StreamTasks)
+	}
+}
+
+// A window smaller than the broker's usual flow interval still moves: the
+// producer asks for a flow ack at least every half window.
+func TestEnqueueManyBatchSmallWindow(t *testing.T) {
+	s := testutil.Broker(t)
+	nc := testutil.Connect(t, s.ClientURL())
+	js, _ := jetstream.New(nc)
+	p, err := producer.New(t.Context(), nc, producer.Config{Window: 10, AckTimeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tasks := make([]forq.Task, 1000)
+	for i := range tasks {
+		tasks[i] = forq.Task{Queue: "small", Type: "t"}
+	}
+	if _, err := p.EnqueueMany(t.Context(), tasks); err != nil {
+		t.Fatal(err)
+	}
+	if got := queueCount(t, js, "small"); got != 1000 {
+		t.Fatalf("queue holds %d tasks, want 1000", got)
+	}
+}
+
+// A broker that restarts in the middle of a batch forgets the batch: the
+// producer stops there, and enqueueing the same slice again stores every
+// task exactly once.
+func TestEnqueueManyBatchBrokerRestart(t *testing.T) {
+	dir := t.TempDir()
+	s := testutil.BrokerIn(t, dir, 0)
+	u, err := url.Parse(s.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	port, _ := strconv.Atoi(u.Port())
+	nc := testutil.Connect(t, s.ClientURL())
+	// A small window keeps the batch going long enough to restart the
+	// broker under it.
+	p, err := producer.New(t.Context(), nc, producer.Config{Window: 10, AckTimeout: 3 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 20000
+	tasks := make([]forq.Task, n)
+	for i := range tasks {
+		tasks[i] = forq.Task{Queue: "restart", Type: "t", Payload: fmt.Appendf(nil, "%d", i)}
+	}
+	watcher := testutil.Connect(t, s.ClientURL())
+	wjs, _ := jetstream.New(watcher)
+	restarted := make(chan struct{})
+	go func() {
+		defer close(restarted)
+		for {
+			st, err := wjs.Stream(t.Context(), forq.StreamTasks)
+			if err == nil && st.CachedInfo().State.Msgs >= 1000 {
+				break
+			}
+			time.Sleep(time.Millisecond)
+		}
+		s.Shutdown()
+		s = testutil.BrokerIn(t, dir, port)
+	}()
+	_, err = p.EnqueueMany(t.Context(), tasks)
+	<-restarted
+	var be *producer.BatchError
+	if !errors.As(err, &be) {
+		t.Fatalf("EnqueueMany across a broker restart: %v, want a *BatchError", err)
+	}
+	t.Logf("first attempt: %v", err)
+
+	testutil.Eventually(t, 10*time.Second, nc.IsConnected, "producer did not reconnect")
+	js, _ := jetstream.New(nc)
+	stored := queueCount(t, js, "restart")
+	if stored == 0 || stored == n {
+		t.Fatalf("%d tasks stored before the restart; the test wants the restart mid-batch", stored)
+	}
+	infos, err := p.EnqueueMany(t.Context(), tasks)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dups := uint64(0)
+	for i, in := range infos {
+		if in.ID != tasks[i].ID {
+			t.Fatalf("task %d enqueued as %s, want %s", i, in.ID, tasks[i].ID)
+		}
+		if in.Duplicate {
+			dups++
+		}
+	}
+	if got := queueCount(t, js, "restart"); got != n {
+		t.Fatalf("queue holds %d tasks after the retry, want %d", got, n)
+	}
+	if dups != stored {
+		t.Errorf("retry found %d duplicates, want the %d stored before", dups, stored)
 	}
 }
