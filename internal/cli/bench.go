@@ -12,6 +12,7 @@ import (
 
 	"github.com/forqhq/forq/broker"
 	"github.com/forqhq/forq/internal/bench"
+	"github.com/forqhq/forq/internal/heapfloor"
 	"github.com/nats-io/nats.go"
 )
 
@@ -145,6 +146,12 @@ func (c *BenchWorkerCmd) Run(env *Env) error {
 			return err
 		}
 		defer stop()
+	}
+	if c.Mode == bench.ModeForq {
+		// As "forq work" runs by default (--heap-floor); the baseline
+		// worker, a plain JetStream program, keeps Go's default. GOGC set
+		// in the environment turns it off, for both to run alike.
+		defer heapfloor.Start(heapfloor.Default, os.Getenv("GOGC")).Stop()
 	}
 	ctx, stop := signalContext()
 	defer stop()

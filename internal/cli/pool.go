@@ -88,6 +88,9 @@ func runPool(ctx context.Context, env *Env, cf ConnFlags, tf TopologyFlags, wf W
 		return usageErr("--max-memory: %v", err)
 	}
 	cfg.MaxRSS = mem
+	if _, err := parseBytes(wf.HeapFloor); err != nil {
+		return usageErr("--heap-floor: %v", err)
+	}
 	if pf.Autoscale != "" {
 		lo, hi, ok := strings.Cut(pf.Autoscale, "-")
 		cfg.Min, _ = strconv.Atoi(lo)
@@ -145,6 +148,7 @@ func runPool(ctx context.Context, env *Env, cf ConnFlags, tf TopologyFlags, wf W
 			"--retry-base", wf.RetryBase.String(),
 			"--retry-max", wf.RetryMax.String(),
 			"--lock-ttl", wf.LockTTL.String(),
+			"--heap-floor", wf.HeapFloor,
 			"--replicas", strconv.Itoa(tf.Replicas),
 			"--result-ttl", tf.ResultTTL.String(),
 			"--connect-timeout", cf.ConnectTimeout.String(),

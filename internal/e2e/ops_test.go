@@ -333,3 +333,39 @@ func TestStatsByPriorityAndScheduled(t *testing.T) {
 		t.Errorf("stats table: exit %d, %q; want 6 (3/1/2)", code, out)
 	}
 }
+
+// A worker sets GOGC for its heap floor, which /metrics shows; --heap-floor
+// 0 and a GOGC of the user's own leave Go's default.
+func TestWorkerHeapFloor(t *testing.T) {
+	b := startBroker(t, "", 0)
+	for _, c := range []struct {
+		name string
+		env  []string
+		args []string
+		want float64
+	}{
+		{"default floor", nil, nil, 400}, // 16 MiB over Go's 4 MiB minimum at GOGC=100
+		{"floor given", nil, []string{"--heap-floor", "32MiB"}, 800},
+		{"floor off", nil, []string{"--heap-floor", "0"}, 100},
+		{"user's GOGC", []string{"GOGC=150"}, nil, 150},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			port := freePort(t)
+			env := append([]string{"FORQ_URL=" + b.url}, c.env...)
+			w := start(t, "forq", env, append([]string{"work", "--metrics-port", strconv.Itoa(port)}, c.args...)...)
+			base := fmt.Sprintf("http://127.0.0.1:%d", port)
+			eventually(t, 20*time.Second, func() bool { return status(base+"/readyz") == 200 }, "worker never ready")
+			fams, err := scrape(t, base+"/metrics")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := value(fams, "go_gc_gogc_percent", nil); got != c.want {
+				t.Errorf("go_gc_gogc_percent %v, want %v", got, c.want)
+			}
+			w.signal(syscall.SIGTERM)
+			if code := w.wait(20 * time.Second); code != 0 {
+				t.Errorf("worker exit code %d after SIGTERM; stderr %s", code, w.stderr())
+			}
+		})
+	}
+}

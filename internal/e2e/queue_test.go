@@ -186,6 +186,8 @@ func TestBadInput(t *testing.T) {
 		{"unknown flag", []string{"enqueue", "echo", "--colour"}, 2, "unknown flag --colour"},
 		{"missing argument", []string{"enqueue"}, 2, `expected "<type>"`},
 		{"bad duration flag", []string{"work", "--grace", "soon"}, 2, "--grace"},
+		{"bad heap floor", []string{"work", "--heap-floor", "lots"}, 2, `--heap-floor: "lots" is not a size like 512MiB or 1GB`},
+		{"bad heap floor for a pool", []string{"pool", "--heap-floor", "12XB"}, 2, `--heap-floor: "12XB": unknown unit "xb"`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
