@@ -244,3 +244,13 @@ func setDefault[T comparable](p *T, def T) {
 		*p = def
 	}
 }
+
+// CPUShare returns each child's share of this process's CPUs
+// (runtime.GOMAXPROCS, which follows a container's CPU limit) when n
+// children run at once: GOMAXPROCS / n, at least 1. A supervisor of Go
+// children passes it on as their GOMAXPROCS, so that n processes together
+// schedule goroutines on as many threads as there are CPUs instead of n
+// times that, each waking threads the others' work then displaces.
+func CPUShare(n int) int {
+	return max(1, runtime.GOMAXPROCS(0)/max(n, 1))
+}

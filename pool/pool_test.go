@@ -508,3 +508,22 @@ func TestOutput(t *testing.T) {
 		}
 	})
 }
+
+func TestCPUShare(t *testing.T) {
+	cpus := runtime.GOMAXPROCS(0)
+	for _, c := range []struct{ n, want int }{
+		{1, cpus},
+		{cpus, 1},
+		{2 * cpus, 1}, // never 0
+		{0, cpus},     // no children yet: all of them
+	} {
+		if got := CPUShare(c.n); got != c.want {
+			t.Errorf("CPUShare(%d) with %d CPUs = %d, want %d", c.n, cpus, got, c.want)
+		}
+	}
+	if cpus >= 2 {
+		if got := CPUShare(2); got != cpus/2 {
+			t.Errorf("CPUShare(2) with %d CPUs = %d, want %d", cpus, got, cpus/2)
+		}
+	}
+}

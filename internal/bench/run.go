@@ -51,6 +51,9 @@ type Options struct {
 	Rounds int
 	// BaselineHeaders makes the baseline publish forq's headers.
 	BaselineHeaders bool
+	// BaselineCPUShare gives the baseline's worker processes the CPU share
+	// forq's get (GOMAXPROCS = CPUs / workers, as forq pool sets it).
+	BaselineCPUShare bool
 	// ProfileDir, if set, receives a CPU profile of every worker and
 	// producer process.
 	ProfileDir string
@@ -107,9 +110,14 @@ type Settings struct {
 	Samples         int     `json:"latency_samples"`
 	Rounds          int     `json:"rounds"`
 	BaselineHeaders bool    `json:"baseline_headers,omitempty"`
-	Scale           []int   `json:"scale,omitempty"`
-	Broker          string  `json:"broker"`
-	SyncAlways      bool    `json:"sync_always"`
+	// BaselineCPUShare: the baseline's workers got forq's CPU share.
+	BaselineCPUShare bool `json:"baseline_cpu_share,omitempty"`
+	// GOMAXPROCS is the environment's GOMAXPROCS, which every worker
+	// process then has; empty when each mode's default applies.
+	GOMAXPROCS string `json:"gomaxprocs,omitempty"`
+	Scale      []int  `json:"scale,omitempty"`
+	Broker     string `json:"broker"`
+	SyncAlways bool   `json:"sync_always"`
 	// Embedded is true when the broker ran in forq bench's process.
 	Embedded bool   `json:"embedded_broker"`
 	CPUs     int    `json:"cpus"`
@@ -150,6 +158,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	rep := &Report{Settings: Settings{
 		Tasks: o.Tasks, Single: r.single, Workers: o.Workers, Concurrency: o.Concurrency,
 		PayloadSize: max(o.PayloadSize, MinPayload), Rate: o.Rate, Samples: o.Samples, Scale: o.Scale, Rounds: max(o.Rounds, 1), BaselineHeaders: o.BaselineHeaders,
+		BaselineCPUShare: o.BaselineCPUShare, GOMAXPROCS: os.Getenv("GOMAXPROCS"),
 	}}
 	var f, b *Figures
 	for range max(o.Rounds, 1) {
@@ -384,7 +393,7 @@ func (r *runner) startPool(ctx context.Context, mode string, c jetstream.Consume
 	}
 	sup, err := pool.New(pool.Config{
 		Size: n, Command: args, Grace: 10 * time.Second, MaxRestarts: 1,
-		Stdout: r.o.Stderr, Stderr: r.o.Stderr,
+		Stdout: r.o.Stderr, Stderr: r.o.Stderr, Env: workerEnv(mode, n, r.o.BaselineCPUShare, os.Getenv("GOMAXPROCS")),
 	})
 	if err != nil {
 		return nil, err
@@ -411,6 +420,17 @@ func (r *runner) startPool(ctx context.Context, mode string, c jetstream.Consume
 			return nil, fmt.Errorf("%d workers not ready after 30s (waiting pulls: %d)", n, i.NumWaiting)
 		}
 	}
+}
+
+// workerEnv is the environment a pool of n workers of mode gets on top of
+// this process's. forq's workers share the CPUs as forq pool's do; the
+// baseline's are plain Go programs, with Go's default, unless cpuShare. A
+// GOMAXPROCS already set (gomaxprocs) reaches both as it is.
+func workerEnv(mode string, n int, cpuShare bool, gomaxprocs string) []string {
+	if gomaxprocs != "" || mode != ModeForq && !cpuShare {
+		return nil
+	}
+	return []string{"GOMAXPROCS=" + strconv.Itoa(pool.CPUShare(n))}
 }
 
 func (p *workerPool) stop() {

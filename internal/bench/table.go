@@ -25,6 +25,14 @@ func (r *Report) WriteTable(w io.Writer) error {
 	if s.BaselineHeaders {
 		fmt.Fprintln(w, "the baseline publishes forq's headers (Nats-Msg-Id, Forq-Type)")
 	}
+	switch {
+	case s.GOMAXPROCS != "":
+		fmt.Fprintf(w, "worker processes: GOMAXPROCS=%s from the environment\n", s.GOMAXPROCS)
+	case s.BaselineCPUShare:
+		fmt.Fprintln(w, "worker processes: GOMAXPROCS = CPUs / workers for both, as forq pool sets it")
+	default:
+		fmt.Fprintln(w, "worker processes: forq's with GOMAXPROCS = CPUs / workers, as forq pool sets it; the baseline's with Go's default")
+	}
 	fmt.Fprintf(w, "machine: %d CPUs, %s\n\n", s.CPUs, s.CPUModel)
 
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)

@@ -19,21 +19,22 @@ import (
 // BenchCmd is "forq bench [flags]". The processes it starts are the hidden
 // commands bench-worker and bench-producer of the same binary.
 type BenchCmd struct {
-	Tasks           int     `default:"20000" help:"Tasks per throughput measurement."`
-	Workers         int     `short:"w" default:"0" help:"Worker processes; 0 is the number of CPUs."`
-	PayloadSize     int     `default:"64" help:"Payload of each task in bytes (at least 16: the enqueue time and a probe number)."`
-	Rate            float64 `default:"2000" help:"Tasks per second of the latency-under-load measurement."`
-	Samples         int     `default:"1000" help:"Tasks sent one at a time at idle to measure latency."`
-	Concurrency     int     `short:"c" default:"256" help:"Each forq worker's --concurrency (it fetches up to that many tasks per pull, at most 256); the baseline's fetch batch."`
-	Scale           []int   `default:"1,2,4,8" help:"Pool sizes whose end-to-end throughput, start-up and RSS are measured too; empty to skip."`
-	Baseline        bool    `help:"Measure plain JetStream in the same layout too, and print the ratio forq/JetStream of each figure."`
-	Rounds          int     `default:"1" help:"Measure each mode this many times, forq and baseline alternately, and report the best of each figure (a busy machine is noisy)."`
-	BaselineHeaders bool    `help:"Make the baseline publish forq's headers too (a unique Nats-Msg-Id and the type, as forq sends a task with the default attempts), to tell the cost of the wire format from that of forq's code."`
-	JSON            bool    `help:"Print one JSON object instead of a table."`
-	URL             string  `help:"Use the broker at this URL instead of an embedded one. Its FORQ_TASKS stream gets a 'bench' queue, emptied after the run."`
-	SyncAlways      bool    `help:"Make the embedded broker fsync every write before acknowledging it."`
-	CPUProfile      string  `name:"cpuprofile" placeholder:"FILE" help:"Write a CPU profile of this process (the embedded broker and the measuring) to FILE."`
-	ProfileDir      string  `placeholder:"DIR" help:"Write a CPU profile of every worker and producer process to DIR."`
+	Tasks            int     `default:"20000" help:"Tasks per throughput measurement."`
+	Workers          int     `short:"w" default:"0" help:"Worker processes; 0 is the number of CPUs."`
+	PayloadSize      int     `default:"64" help:"Payload of each task in bytes (at least 16: the enqueue time and a probe number)."`
+	Rate             float64 `default:"2000" help:"Tasks per second of the latency-under-load measurement."`
+	Samples          int     `default:"1000" help:"Tasks sent one at a time at idle to measure latency."`
+	Concurrency      int     `short:"c" default:"256" help:"Each forq worker's --concurrency (it fetches up to that many tasks per pull, at most 256); the baseline's fetch batch."`
+	Scale            []int   `default:"1,2,4,8" help:"Pool sizes whose end-to-end throughput, start-up and RSS are measured too; empty to skip."`
+	Baseline         bool    `help:"Measure plain JetStream in the same layout too, and print the ratio forq/JetStream of each figure."`
+	Rounds           int     `default:"1" help:"Measure each mode this many times, forq and baseline alternately, and report the best of each figure (a busy machine is noisy)."`
+	BaselineCPUShare bool    `help:"Give the baseline's worker processes the CPU share forq pool gives forq's (GOMAXPROCS = CPUs / workers), to tell the cost of forq's code from the gain of that layout."`
+	BaselineHeaders  bool    `help:"Make the baseline publish forq's headers too (a unique Nats-Msg-Id and the type, as forq sends a task with the default attempts), to tell the cost of the wire format from that of forq's code."`
+	JSON             bool    `help:"Print one JSON object instead of a table."`
+	URL              string  `help:"Use the broker at this URL instead of an embedded one. Its FORQ_TASKS stream gets a 'bench' queue, emptied after the run."`
+	SyncAlways       bool    `help:"Make the embedded broker fsync every write before acknowledging it."`
+	CPUProfile       string  `name:"cpuprofile" placeholder:"FILE" help:"Write a CPU profile of this process (the embedded broker and the measuring) to FILE."`
+	ProfileDir       string  `placeholder:"DIR" help:"Write a CPU profile of every worker and producer process to DIR."`
 }
 
 // Run measures and prints the figures.
@@ -98,7 +99,7 @@ func (c *BenchCmd) Run(env *Env) error {
 	rep, err := bench.Run(ctx, bench.Options{
 		Command: []string{exe, "--log-level=warn"}, URL: url,
 		Tasks: c.Tasks, Workers: c.Workers, PayloadSize: c.PayloadSize, Rate: c.Rate,
-		Samples: c.Samples, Concurrency: c.Concurrency, Scale: c.Scale, Baseline: c.Baseline, Rounds: c.Rounds, BaselineHeaders: c.BaselineHeaders,
+		Samples: c.Samples, Concurrency: c.Concurrency, Scale: c.Scale, Baseline: c.Baseline, Rounds: c.Rounds, BaselineHeaders: c.BaselineHeaders, BaselineCPUShare: c.BaselineCPUShare,
 		ProfileDir: c.ProfileDir, EmbeddedBroker: c.URL == "", Stderr: env.Stderr, Log: env.Log,
 	})
 	if err != nil {

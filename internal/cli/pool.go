@@ -161,6 +161,16 @@ func runPool(ctx context.Context, env *Env, cf ConnFlags, tf TopologyFlags, wf W
 		if len(wf.ExecAllow) > 0 {
 			cfg.Command = append(cfg.Command, "--exec-allow", strings.Join(wf.ExecAllow, ","))
 		}
+		// The children share the CPUs, as the processes of a Python
+		// pool do: each gets its part as GOMAXPROCS, unless the user set
+		// one.
+		if os.Getenv("GOMAXPROCS") == "" {
+			most := cfg.Size
+			if cfg.Max > 0 {
+				most = cfg.Max
+			}
+			cfg.Env = append(cfg.Env, "GOMAXPROCS="+strconv.Itoa(pool.CPUShare(most)))
+		}
 	}
 	// The pool reads the backlog itself when it scales or closes; forq's
 	// own workers need the broker too, so check it is there before

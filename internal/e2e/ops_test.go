@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -177,6 +178,17 @@ func TestPoolMetrics(t *testing.T) {
 		}
 		return total == 20
 	}, "the children's metrics never added up to the 20 tasks")
+	// The two children share the CPUs.
+	want := float64(max(1, runtime.GOMAXPROCS(0)/2))
+	for i := range 2 {
+		fams, err := scrape(t, fmt.Sprintf("http://127.0.0.1:%d/metrics", port+1+i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := value(fams, "go_sched_gomaxprocs_threads", nil); got != want {
+			t.Errorf("child %d: GOMAXPROCS %v, want %v (the CPUs shared by 2 children)", i, got, want)
+		}
+	}
 }
 
 // forq stats --json agrees with the broker while 4 worker processes drain
