@@ -88,6 +88,12 @@ type Figures struct {
 	// is embedded in forq bench.
 	BrokerCPUUsPerTask float64 `json:"broker_cpu_us_per_task,omitempty"`
 	ClientCPUUsPerTask float64 `json:"client_cpu_us_per_task"`
+	// DrainBrokerCPUUsPerTask and DrainWorkerCPUUsPerTask are the same
+	// during the drain alone, when only the broker and the workers run:
+	// which side a gap in drain_per_sec comes from. The workers' is read
+	// from /proc.
+	DrainBrokerCPUUsPerTask float64 `json:"drain_broker_cpu_us_per_task,omitempty"`
+	DrainWorkerCPUUsPerTask float64 `json:"drain_worker_cpu_us_per_task"`
 	// Scale maps a pool size to its figures.
 	Scale map[string]*ScaleFigures `json:"scale,omitempty"`
 }
@@ -236,6 +242,8 @@ func (r *runner) mode(ctx context.Context, mode string) (*Figures, error) {
 	f.EnqueuePerSec, f.EnqueueBatchPerSec = enq.SinglePerSec, enq.BatchPerSec
 	// A resume does not wake the broker's delivery loop, the end of a
 	// pause does: pause again until a moment just ahead, the start.
+	broker0, _ := cpuTimes()
+	workers0 := p.cpu()
 	t0 := time.Now().Add(20 * time.Millisecond)
 	if _, err := r.js.PauseConsumer(ctx, stream, cons, t0); err != nil {
 		return nil, fmt.Errorf("resume consumer: %w", err)
@@ -244,6 +252,12 @@ func (r *runner) mode(ctx context.Context, mode string) (*Figures, error) {
 		return nil, err
 	}
 	f.DrainPerSec = float64(r.single+r.o.Tasks) / time.Since(t0).Seconds()
+	broker1, _ := cpuTimes()
+	drained := float64(r.single + r.o.Tasks)
+	f.DrainWorkerCPUUsPerTask = round(float64(p.cpu()-workers0)/1e3/drained, 2)
+	if r.o.EmbeddedBroker {
+		f.DrainBrokerCPUUsPerTask = round(float64(broker1-broker0)/1e3/drained, 2)
+	}
 
 	f.E2EPerSec, err = r.e2e(ctx, mode, c, r.o.Workers)
 	if err != nil {
@@ -451,6 +465,41 @@ func (p *workerPool) rss() float64 {
 	return float64(most) / (1 << 20)
 }
 
+// cpu returns the CPU time (user and system) the workers have used so
+// far, in nanoseconds, read from /proc/<pid>/stat (in clock ticks).
+func (p *workerPool) cpu() (ns int64) {
+	for _, c := range p.sup.Children() {
+		ns += cpuOf(c.PID)
+	}
+	return ns
+}
+
+// clockTick is the unit of /proc/<pid>/stat's times: USER_HZ, 100 on
+// Linux.
+const clockTick = 10 * time.Millisecond
+
+// cpuOf returns a process's CPU time in nanoseconds, 0 if it is gone.
+func cpuOf(pid int) int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// The fields after the command name, which may hold spaces and ends
+	// at the last ')': state is the 3rd field, utime and stime the 14th
+	// and 15th.
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 13 {
+		return 0
+	}
+	utime, _ := strconv.ParseInt(f[11], 10, 64)
+	stime, _ := strconv.ParseInt(f[12], 10, 64)
+	return (utime + stime) * int64(clockTick)
+}
+
 // rssOf returns a process's resident set in bytes, read from /proc.
 func rssOf(pid int) int64 {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
@@ -551,6 +600,8 @@ func best(a, b *Figures) *Figures {
 	lo(&a.PoolStartupMs, b.PoolStartupMs)
 	lo(&a.BrokerCPUUsPerTask, b.BrokerCPUUsPerTask)
 	lo(&a.ClientCPUUsPerTask, b.ClientCPUUsPerTask)
+	lo(&a.DrainBrokerCPUUsPerTask, b.DrainBrokerCPUUsPerTask)
+	lo(&a.DrainWorkerCPUUsPerTask, b.DrainWorkerCPUUsPerTask)
 	for k, bs := range b.Scale {
 		as := a.Scale[k]
 		if as == nil {

@@ -73,6 +73,10 @@ func (r *Report) WriteTable(w io.Writer) error {
 		row("CPU per task, broker (µs)", f.BrokerCPUUsPerTask, b.BrokerCPUUsPerTask, 1)
 	}
 	row("CPU per task, producer+workers (µs)", f.ClientCPUUsPerTask, b.ClientCPUUsPerTask, 1)
+	if f.DrainBrokerCPUUsPerTask > 0 {
+		row("  in the drain, broker (µs)", f.DrainBrokerCPUUsPerTask, b.DrainBrokerCPUUsPerTask, 1)
+	}
+	row("  in the drain, workers (µs)", f.DrainWorkerCPUUsPerTask, b.DrainWorkerCPUUsPerTask, 1)
 	for _, n := range slices.Sorted(func(yield func(int) bool) {
 		for k := range f.Scale {
 			n, _ := strconv.Atoi(k)

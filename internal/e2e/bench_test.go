@@ -23,13 +23,25 @@ func TestBenchReportsEveryFigure(t *testing.T) {
 		"enqueue_per_sec", "enqueue_batch_per_sec", "drain_per_sec", "e2e_per_sec",
 		"latency_p50_ms", "latency_p99_ms", "load_latency_p50_ms", "load_latency_p99_ms", "load_per_sec",
 		"worker_rss_mb", "worker_rss_loaded_mb", "pool_startup_ms", "broker_cpu_us_per_task", "client_cpu_us_per_task",
+		"drain_broker_cpu_us_per_task",
 	}
+	// Read in clock ticks of 10 ms, which a drain of 1,000 tasks may not
+	// reach: present, not necessarily positive.
+	presentKeys := []string{"drain_worker_cpu_us_per_task"}
 	scaleKeys := []string{"e2e_per_sec", "pool_startup_ms", "worker_rss_mb"}
 	check := func(name string, m map[string]any) {
 		t.Helper()
 		for _, k := range keys {
 			if v, ok := m[k].(float64); !ok || v <= 0 {
 				t.Errorf("%s: %s = %v, want a positive number", name, k, m[k])
+			}
+		}
+		for _, k := range presentKeys {
+			if name == "ratio" {
+				break // no ratio to a baseline figure of 0
+			}
+			if v, ok := m[k].(float64); !ok || v < 0 {
+				t.Errorf("%s: %s = %v, want a number", name, k, m[k])
 			}
 		}
 		scale, ok := m["scale"].(map[string]any)
