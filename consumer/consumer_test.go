@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -429,5 +430,50 @@ func TestMaxTasks(t *testing.T) {
 	}
 	if runs.Load() != 25 {
 		t.Errorf("ran %d tasks, want 25", runs.Load())
+	}
+}
+
+// Concurrency slow tasks all run at once, however few threads the process
+// has, and no more than that: a task that blocks never keeps a queued one
+// from starting, and the one past Concurrency waits for a free slot.
+func TestSlowTasksRunConcurrently(t *testing.T) {
+	for _, procs := range []int{1, 2} {
+		t.Run(fmt.Sprintf("GOMAXPROCS=%d", procs), func(t *testing.T) {
+			defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(procs))
+			const n = 64
+			b := setup(t)
+			w := newWorker(t, b, consumer.Config{Queues: []string{"slow"}, Concurrency: n})
+			var running, most atomic.Int64
+			release := make(chan struct{})
+			w.HandleFunc("slow", func(ctx context.Context, _ *consumer.Task) ([]byte, error) {
+				r := running.Add(1)
+				defer running.Add(-1)
+				for m := most.Load(); r > m && !most.CompareAndSwap(m, r); m = most.Load() {
+				}
+				select {
+				case <-release:
+				case <-ctx.Done():
+				}
+				return nil, nil
+			})
+			tasks := make([]forq.Task, n+1)
+			for i := range tasks {
+				tasks[i] = forq.Task{Queue: "slow", Type: "slow"}
+			}
+			if _, err := b.p.EnqueueMany(t.Context(), tasks); err != nil {
+				t.Fatal(err)
+			}
+			start(t, w)
+			testutil.Eventually(t, 20*time.Second, func() bool { return running.Load() == n }, "%d blocked tasks never all ran at once", n)
+			time.Sleep(200 * time.Millisecond)
+			if r := running.Load(); r != n {
+				t.Fatalf("%d tasks running with Concurrency %d", r, n)
+			}
+			close(release)
+			waitAcked(t, b, "slow")
+			if m := most.Load(); m != n {
+				t.Fatalf("at most %d tasks ran at once, want %d", m, n)
+			}
+		})
 	}
 }
