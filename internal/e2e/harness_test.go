@@ -57,6 +57,62 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
+// procEntry is a process as /proc/<pid>/stat shows it.
+type procEntry struct {
+	pid, ppid int
+	state     string
+	start     string // start time since boot, in clock ticks: tells a reused PID
+}
+
+func readProc(pid int) (procEntry, bool) {
+	b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
+	if err != nil {
+		return procEntry{}, false
+	}
+	s := string(b)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+	if len(f) < 20 {
+		return procEntry{}, false
+	}
+	ppid, _ := strconv.Atoi(f[1])
+	return procEntry{pid: pid, ppid: ppid, state: f[0], start: f[19]}, true
+}
+
+// descendants lists pid's children, their children and so on.
+func descendants(pid int) []procEntry {
+	byParent := map[int][]procEntry{}
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		n, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if p, ok := readProc(n); ok {
+			byParent[p.ppid] = append(byParent[p.ppid], p)
+		}
+	}
+	var out []procEntry
+	for queue := []int{pid}; len(queue) > 0; queue = queue[1:] {
+		for _, c := range byParent[queue[0]] {
+			out = append(out, c)
+			queue = append(queue, c.pid)
+		}
+	}
+	return out
+}
+
+// stillRunning returns the PIDs of procs that still run: not exited, not
+// a zombie, and not a new process with a reused PID.
+func stillRunning(procs []procEntry) []int {
+	var out []int
+	for _, p := range procs {
+		if now, ok := readProc(p.pid); ok && now.start == p.start && now.state != "Z" {
+			out = append(out, p.pid)
+		}
+	}
+	return out
+}
+
 // children lists the live processes whose parent is pid, read from /proc.
 func children(pid int) []string {
 	var out []string
@@ -118,8 +174,23 @@ func start(t *testing.T, name string, env []string, args ...string) *proc {
 		close(p.done)
 	}()
 	t.Cleanup(func() {
+		// The process's own children (a pool's workers) are orphaned by
+		// the kill and must stop by themselves, on their parent-death
+		// signal: no test may leave one running.
+		desc := descendants(p.cmd.Process.Pid)
 		p.signal(syscall.SIGKILL)
 		<-p.done
+		deadline := time.Now().Add(15 * time.Second)
+		for left := stillRunning(desc); len(left) > 0; left = stillRunning(desc) {
+			if time.Now().After(deadline) {
+				t.Errorf("%s %v: its children %v still run 15s after it was killed", name, args, left)
+				for _, pid := range left {
+					_ = syscall.Kill(pid, syscall.SIGKILL) // leave nothing behind
+				}
+				break
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
 		if t.Failed() {
 			t.Logf("%s %v stderr (last 3000 bytes):\n%s", name, args, tail(p.stderr(), 3000))
 		}
