@@ -21,7 +21,7 @@ import (
 
 // PoolFlags configure the supervisor of "forq pool" and "forq run".
 type PoolFlags struct {
-	Workers          int           `short:"n" default:"0" help:"Worker processes; 0 is the number of CPUs."`
+	Workers          int           `short:"n" default:"0" help:"Worker processes, 0 to 1024; 0 is the number of CPUs."`
 	MaxRestarts      int           `default:"5" help:"Restart-storm limit: more crashes than this of one worker within --restart-window stop the pool (exit 1)."`
 	RestartWindow    time.Duration `default:"10s" help:"Window of the restart-storm limit."`
 	MaxTasksPerChild int           `default:"0" help:"Replace a worker after it ran this many tasks; 0 is never."`
@@ -51,6 +51,10 @@ func (c *PoolCmd) Run(env *Env) error {
 	return runPool(ctx, env, c.ConnFlags, c.TopologyFlags, c.WorkerFlags, c.PoolFlags, c.Command)
 }
 
+// maxPoolWorkers bounds --workers: more processes than this on one host is
+// a typo, not a pool.
+const maxPoolWorkers = 1024
+
 // runPool runs a pool of workers, forq's own or the user's command.
 func runPool(ctx context.Context, env *Env, cf ConnFlags, tf TopologyFlags, wf WorkerFlags, pf PoolFlags, command []string) error {
 	if len(command) > 0 && command[0] == "--" {
@@ -61,6 +65,11 @@ func runPool(ctx context.Context, env *Env, cf ConnFlags, tf TopologyFlags, wf W
 	}
 	if _, _, err := wf.order(); err != nil {
 		return err
+	}
+	// A negative count used to mean the CPU count, and a huge one forked
+	// until the process limit and crashed the pool (issue 14, point 9).
+	if pf.Workers < 0 || pf.Workers > maxPoolWorkers {
+		return usageErr("--workers %d: must be 0 (the number of CPUs) to %d", pf.Workers, maxPoolWorkers)
 	}
 	cfg := pool.Config{
 		Size:          pf.Workers,
