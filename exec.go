@@ -27,6 +27,13 @@ type ExecSpec struct {
 	Dir string `json:"dir,omitempty"`
 	// Stdin is given to the command on its standard input.
 	Stdin string `json:"stdin,omitempty"`
+	// Stream asks the worker to publish the command's output as it comes,
+	// each chunk the command writes a core NATS message on
+	// forq.output.<task ID>.stdout or .stderr (SubjectOutputPrefix), for
+	// whoever subscribed before it runs; the result keeps the output as it
+	// otherwise does. A worker without a connection to publish on
+	// (consumer.ExecConfig.Conn) runs the command all the same.
+	Stream bool `json:"stream,omitempty"`
 }
 
 // Validate reports what is wrong with the spec, wrapping ErrInvalidTask.

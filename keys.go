@@ -18,14 +18,6 @@ const (
 	// queued or running.
 	BucketUnique = "forq_unique"
 
-	// HeaderLock carries a task's lock key: tasks with the same lock key
-	// never run at the same time.
-	HeaderLock = "Forq-Lock"
-	// HeaderUnique carries a task's unique key: while a task with it is
-	// queued or running, enqueueing another task with the same key returns
-	// the first task's ID and enqueues nothing.
-	HeaderUnique = "Forq-Unique"
-
 	// DefaultLockTTL is how long a lock outlives its holder's last refresh.
 	// Holders refresh every third of it.
 	DefaultLockTTL = 5 * time.Second
@@ -69,7 +61,7 @@ func kvPlain(s string) bool {
 	if s == "" || s[len(s)-1] == '.' {
 		return false
 	}
-	for i := 0; i < len(s); i++ {
+	for i := range len(s) {
 		c := s[i]
 		switch {
 		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9':

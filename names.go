@@ -6,12 +6,15 @@ import (
 )
 
 // Names on the wire. They are part of forq's interface: operators inspect a
-// running system with the stock nats CLI, so these stay stable.
+// running system with the stock nats CLI, so these stay stable. The
+// subjects and consumer names made from them (forq.tasks.<queue>, ...) are
+// built in one place inside the module (internal/wire) and listed in the
+// README.
 const (
 	// StreamTasks is the work-queue stream that holds queued tasks.
 	StreamTasks = "FORQ_TASKS"
 	// StreamDead is the stream of dead-lettered tasks: those that used up
-	// their attempts, with the last error in HeaderError.
+	// their attempts, with the last error in a header (see the README).
 	StreamDead = "FORQ_DEAD"
 	// BucketResults is the KV bucket of task results, keyed by task ID.
 	BucketResults = "forq_results"
@@ -33,42 +36,26 @@ const (
 	// StreamTasks: forq.periodic.<name>. The broker publishes a new task to
 	// the definition's queue at every tick.
 	SubjectPeriodicPrefix = "forq.periodic."
-)
-
-// Headers of a task message. The body of the message is the payload.
-const (
-	// HeaderID carries the task ID. It is JetStream's own de-duplication
-	// header, so a second enqueue of one ID inside the stream's duplicate
-	// window is dropped by the broker.
-	HeaderID = "Nats-Msg-Id"
-	// HeaderType names the task type, which selects the handler.
-	HeaderType = "Forq-Type"
-	// HeaderMaxAttempts is the number of times the task may run, a decimal
-	// integer; absent means DefaultMaxAttempts. The producer leaves it out
-	// when the task uses the default.
-	HeaderMaxAttempts = "Forq-Max-Attempts"
-	// HeaderTimeout bounds one attempt, as a Go duration ("30s", "1m30s");
-	// absent means no timeout.
-	HeaderTimeout = "Forq-Timeout"
-	// HeaderRecord asks the worker to record the task's progress and result
-	// in BucketResults ("1"). Without it only failures are recorded.
-	HeaderRecord = "Forq-Record"
-	// HeaderDeadline is when a task expires if no worker has started it,
-	// RFC 3339 with nanoseconds. The producer also sets the broker's
-	// per-message TTL (Nats-TTL) so that the broker drops it then.
-	HeaderDeadline = "Forq-Deadline"
-	// HeaderTaskID carries the task ID where Nats-Msg-Id cannot: on a
-	// task fired by a schedule (the broker drops Nats-Msg-Id then), on a
-	// dead letter and on a task retried from the dead letters (whose
-	// Nats-Msg-Id is a de-duplication key of their own). When present it
-	// is the task's ID.
-	HeaderTaskID = "Forq-Id"
-	// HeaderError carries a dead-lettered task's last error.
-	HeaderError = "Forq-Error"
-	// HeaderAttempts carries the number of attempts a dead-lettered task made.
-	HeaderAttempts = "Forq-Attempts"
-	// HeaderQueue carries the queue a dead-lettered task came from.
-	HeaderQueue = "Forq-Queue"
+	// SubjectBrokerHealth is where a forq broker answers health requests
+	// with a JSON object: {"healthy": true} or {"healthy": false,
+	// "storage_full": true, "error": "..."}. No stream stores it; a plain
+	// nats-server has no responder on it.
+	SubjectBrokerHealth = "forq.broker.health"
+	// SubjectRunningPrefix prefixes the subject on which a worker asks, before
+	// it runs a redelivered task of a queue, whether another worker still
+	// runs that task: forq.running.<queue>, a core NATS request whose body
+	// is the task's sequence in StreamTasks. Only a worker that runs it
+	// answers (with its PID and host), after telling the broker the task is
+	// in progress; the asker then hands the delivery back rather than start
+	// a second run.
+	SubjectRunningPrefix = "forq.running."
+	// SubjectOutputPrefix prefixes the subjects on which a worker
+	// publishes the output of an exec task that asks for it (ExecSpec
+	// Stream) as the command writes it: forq.output.<task ID>.stdout and
+	// forq.output.<task ID>.stderr, one core NATS message per chunk the
+	// command wrote. No stream stores them: only who subscribes before the
+	// command runs gets them.
+	SubjectOutputPrefix = "forq.output."
 )
 
 // Defaults shared by producers and workers.
@@ -83,9 +70,14 @@ const (
 	DefaultMaxAttempts = 3
 	// DefaultAckWait is how long the broker waits for a worker's ack (or
 	// in-progress heartbeat) before it redelivers a task. Workers send
-	// heartbeats while a task runs, so it bounds how quickly a dead worker's
-	// tasks come back, not how long a task may run.
-	DefaultAckWait = 30 * time.Second
+	// heartbeats while a task runs (every third of it), so it bounds how
+	// quickly a dead worker's tasks come back, not how long a task may run.
+	DefaultAckWait = 3 * time.Second
+	// LegacyAckWait is the DefaultAckWait of forq before 3 s. A queue's
+	// consumer declared with it is moved to DefaultAckWait by the first
+	// worker that declares the queue with the default ack wait; a consumer
+	// with any other ack wait keeps its own.
+	LegacyAckWait = 30 * time.Second
 	// DefaultResultTTL is how long a result stays in BucketResults.
 	DefaultResultTTL = 24 * time.Hour
 	// DefaultDuplicateWindow is how long the broker remembers task IDs to
@@ -97,23 +89,6 @@ const (
 // workers record the state and result of every task of the queue ("1"), as
 // if each had been enqueued with Record. "forq record QUEUE" sets it.
 const MetadataRecord = "forq.record"
-
-// TaskSubject returns the subject tasks of queue are published to.
-func TaskSubject(queue string) string { return SubjectTasksPrefix + queue }
-
-// DeadSubject returns the subject dead-lettered tasks of queue go to.
-func DeadSubject(queue string) string { return SubjectDeadPrefix + queue }
-
-// ScheduleSubject returns the subject of the schedule that holds delayed
-// task id of queue until it is due.
-func ScheduleSubject(queue, id string) string { return SubjectSchedulePrefix + queue + "." + id }
-
-// PeriodicSubject returns the subject of periodic task definition name.
-func PeriodicSubject(name string) string { return SubjectPeriodicPrefix + name }
-
-// ConsumerName returns the name of the durable consumer that all workers of
-// queue share. It is the queue's name.
-func ConsumerName(queue string) string { return queue }
 
 // ValidateQueue reports whether name can be a queue name: 1 to 64 ASCII
 // letters, digits, '-' and '_', so that it is one subject token and a valid
@@ -129,7 +104,7 @@ func ValidateQueue(name string) error {
 	}
 	for _, r := range name {
 		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_') {
-			return fmt.Errorf("%w: %q has %q; use letters, digits, '-' and '_'", ErrInvalidQueue, name, r)
+			return fmt.Errorf("%w: %q has %q; use ASCII letters, digits, '-' and '_'", ErrInvalidQueue, name, r)
 		}
 	}
 	if s, ok := reservedQueueSuffix(name); ok {

@@ -22,8 +22,8 @@ import (
 // hand to forq.tasks.<queue> is a normal one. Queue names ending in
 // "--high" or "--low" are reserved (ValidateQueue rejects them), so that a
 // level's consumer name never is another queue's. A task of another level
-// also carries HeaderPriority, for whoever looks at it (and so that a
-// dead-lettered task goes back to its level when retried).
+// also carries a Forq-Priority header, for whoever looks at it (and so
+// that a dead-lettered task goes back to its level when retried).
 //
 // Workers serve the levels highest first; see the consumer package.
 type Priority int8
@@ -38,11 +38,9 @@ const (
 // Priorities lists the levels, highest first: the order workers serve them.
 var Priorities = [...]Priority{PriorityHigh, PriorityNormal, PriorityLow}
 
-// HeaderPriority names a task's priority level ("high", "low") when it is
-// not normal. The subject decides the level; the header only says it.
-const HeaderPriority = "Forq-Priority"
-
-// levelSep separates a queue's name from its level in a consumer name.
+// levelSep separates a queue's name from its level in a consumer name
+// (built by internal/wire, whose tests check that ValidateQueue rejects
+// every name it builds for a level other than normal).
 const levelSep = "--"
 
 // String returns "low", "normal" or "high".
@@ -73,55 +71,6 @@ func ParsePriority(s string) (Priority, error) {
 		return PriorityHigh, nil
 	}
 	return 0, fmt.Errorf("%w: priority %q: use low, normal or high", ErrInvalidOption, s)
-}
-
-// LevelSubject returns the subject of queue's tasks of priority p:
-// TaskSubject(queue) for normal ones, forq.tasks.<queue>.<level> for others.
-func LevelSubject(queue string, p Priority) string {
-	if p == PriorityNormal {
-		return TaskSubject(queue)
-	}
-	return TaskSubject(queue) + "." + p.String()
-}
-
-// LevelConsumerName returns the name of the durable consumer that workers
-// of queue pull priority-p tasks from: the queue's name for normal tasks,
-// <queue>--high and <queue>--low for the others.
-func LevelConsumerName(queue string, p Priority) string {
-	if p == PriorityNormal {
-		return ConsumerName(queue)
-	}
-	return queue + levelSep + p.String()
-}
-
-// ParseConsumerName is the inverse of LevelConsumerName.
-func ParseConsumerName(name string) (queue string, p Priority) {
-	for _, p := range [...]Priority{PriorityHigh, PriorityLow} {
-		if q, ok := strings.CutSuffix(name, levelSep+p.String()); ok {
-			return q, p
-		}
-	}
-	return name, PriorityNormal
-}
-
-// ParseTaskSubject returns the queue and level of a task subject
-// (LevelSubject's inverse); ok is false for a subject that is not one.
-func ParseTaskSubject(subject string) (queue string, p Priority, ok bool) {
-	rest, found := strings.CutPrefix(subject, SubjectTasksPrefix)
-	if !found || rest == "" {
-		return "", 0, false
-	}
-	queue, level, dotted := strings.Cut(rest, ".")
-	if !dotted {
-		return queue, PriorityNormal, true
-	}
-	switch level {
-	case "high":
-		return queue, PriorityHigh, true
-	case "low":
-		return queue, PriorityLow, true
-	}
-	return "", 0, false
 }
 
 // reservedQueueSuffix reports the reserved suffix name ends with, if any.

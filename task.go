@@ -8,8 +8,8 @@ import (
 )
 
 // Task is one unit of work: a type that selects the handler, and a payload.
-// On the wire a task is one message on TaskSubject(Queue); see the Header
-// constants.
+// On the wire a task is one message on TaskSubject(Queue), its metadata in
+// headers (Nats-Msg-Id, Forq-Type, ...; see the README).
 type Task struct {
 	// ID identifies the task. Empty means a new UUIDv7 is assigned on
 	// enqueue, so IDs sort by time.
@@ -61,8 +61,29 @@ func NewID() string {
 	return id.String()
 }
 
+// ValidateID reports whether id can be a task ID: 1 to 128 ASCII letters,
+// digits, '-', '_', '=' and '/'. An ID is a subject token (so no '.') and
+// the key of the task's result and cancel request in the broker's KV
+// buckets (which take nothing else). The error wraps ErrInvalidTask.
+func ValidateID(id string) error {
+	if id == "" {
+		return fmt.Errorf("%w: empty task ID", ErrInvalidTask)
+	}
+	if len(id) > 128 {
+		return fmt.Errorf("%w: task ID %q is longer than 128 characters", ErrInvalidTask, id)
+	}
+	for _, r := range id {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_' || r == '=' || r == '/') {
+			return fmt.Errorf("%w: task ID %q has %q; use ASCII letters, digits, '-', '_', '=' and '/'", ErrInvalidTask, id, r)
+		}
+	}
+	return nil
+}
+
 // Validate checks the task's fields and fills the defaults (ID, Queue,
-// MaxAttempts). The error wraps ErrInvalidTask or ErrInvalidQueue.
+// MaxAttempts). It is the one check of a task's settings, whether they
+// come from its fields or from producer options: each rule has one error,
+// which wraps ErrInvalidTask (ErrInvalidQueue for the queue name).
 func (t *Task) Validate() error {
 	if t.Queue == "" {
 		t.Queue = DefaultQueue
@@ -75,14 +96,8 @@ func (t *Task) Validate() error {
 	}
 	if t.ID == "" {
 		t.ID = NewID()
-	} else if len(t.ID) > 128 {
-		return fmt.Errorf("%w: ID %q is longer than 128 characters", ErrInvalidTask, t.ID)
-	} else {
-		for _, r := range t.ID {
-			if r <= ' ' || r > '~' || r == '.' || r == '*' || r == '>' {
-				return fmt.Errorf("%w: ID %q has %q; use printable ASCII without spaces, '.', '*' or '>'", ErrInvalidTask, t.ID, r)
-			}
-		}
+	} else if err := ValidateID(t.ID); err != nil {
+		return err
 	}
 	if !t.Priority.Valid() {
 		return fmt.Errorf("%w: priority %d: use PriorityLow, PriorityNormal or PriorityHigh", ErrInvalidTask, t.Priority)
@@ -96,6 +111,14 @@ func (t *Task) Validate() error {
 	if t.Timeout < 0 {
 		return fmt.Errorf("%w: timeout %s is negative", ErrInvalidTask, t.Timeout)
 	}
+	if err := t.validateKeys(); err != nil {
+		return err
+	}
+	return t.validateTimes()
+}
+
+// validateKeys checks the lock and unique keys, if set.
+func (t *Task) validateKeys() error {
 	if t.LockKey != "" {
 		if err := ValidateKey("lock", t.LockKey); err != nil {
 			return err
@@ -106,8 +129,24 @@ func (t *Task) Validate() error {
 			return err
 		}
 	}
+	return nil
+}
+
+// validateTimes checks the deadline, the delay and the time the task is
+// due.
+func (t *Task) validateTimes() error {
 	if !t.Deadline.IsZero() && !t.Deadline.After(time.Now()) {
 		return fmt.Errorf("%w: deadline %s has passed", ErrInvalidTask, t.Deadline.Format(time.RFC3339))
+	}
+	if t.Delay < 0 {
+		return fmt.Errorf("%w: delay %s is negative", ErrInvalidTask, t.Delay)
+	}
+	if t.Delay > 0 && !t.At.IsZero() {
+		return fmt.Errorf("%w: a task has a delay or a time (At), not both", ErrInvalidTask)
+	}
+	if !t.At.IsZero() && !t.Deadline.IsZero() && !t.Deadline.After(t.At) {
+		return fmt.Errorf("%w: deadline %s is not after the time the task is due, %s", ErrInvalidTask,
+			t.Deadline.UTC().Format(time.RFC3339Nano), t.At.UTC().Format(time.RFC3339Nano))
 	}
 	return nil
 }
@@ -158,5 +197,50 @@ type Result struct {
 	// ScheduledAt is when a delayed task is due, by the broker's clock;
 	// set on its queued record.
 	ScheduledAt time.Time `json:"scheduled_at,omitzero"`
-	Host        string    `json:"host,omitempty"`
+	// Host names where the task ran: its worker's name
+	// (consumer.Config.Name), by default the host name.
+	Host string `json:"host,omitempty"`
+	// Failures counts the failed attempts of the task's message Seq: an
+	// error, a panic, a timeout, or a crash of a worker process that ran
+	// it alone. Attempts is Failures+1 while an attempt runs.
+	Failures int `json:"failures,omitempty"`
+	// Seq is the stream sequence of the task's message these counts are
+	// for (a task retried from the dead letters is a new message and
+	// starts again from no failures); 0 on a record no worker wrote.
+	Seq uint64 `json:"seq,omitempty"`
+	// Run is the delivery of that message (with a lock key: its run) that
+	// wrote this record. A worker that finds a record of an older run,
+	// or of a run still "running", knows that a delivery was lost.
+	Run int `json:"run,omitempty"`
+	// Alone is true from the start of a run that its worker runs alone in
+	// its process (no other handler beside it) until that run's outcome
+	// is written: found on a later run, it means that process died
+	// while running only this task, a failure of the task.
+	Alone bool `json:"alone,omitempty"`
+	// History lists the failed attempts of the task's message Seq, oldest
+	// first: the last MaxHistory of them, each error cut to
+	// MaxHistoryError bytes.
+	History []Attempt `json:"history,omitempty"`
+}
+
+// Bounds of Result.History, which keep a record small.
+const (
+	// MaxHistory is how many failed attempts a record keeps: the last ones.
+	MaxHistory = 10
+	// MaxHistoryError is how many bytes of each attempt's error a record
+	// keeps (cut at a character's boundary, "…" appended).
+	MaxHistoryError = 512
+)
+
+// Attempt is one failed attempt of a task, in its record's History.
+type Attempt struct {
+	// Attempt is its number: 1 for the first run.
+	Attempt int `json:"attempt"`
+	// Host and PID name the worker process that ran it.
+	Host string `json:"host,omitempty"`
+	PID  int    `json:"pid,omitempty"`
+	// At is when it ended.
+	At time.Time `json:"at,omitzero"`
+	// Error is why it failed, at most MaxHistoryError bytes of it.
+	Error string `json:"error"`
 }

@@ -3,56 +3,56 @@ package consumer
 import (
 	"context"
 	"fmt"
-	"sync"
-	"time"
 
 	"github.com/forqhq/forq"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// watchCancels loads the cancel requests in forq.BucketCancel, then keeps
-// watching it in a goroutine counted by wg until ctx (Run's handler
-// context) ends: each new request cancels the task's handler if it runs
-// here, and keeps the task from starting if it is delivered later.
-func (w *Worker) watchCancels(start, ctx context.Context, wg *sync.WaitGroup) error {
-	kw, err := w.h.Cancel.WatchAll(ctx, jetstream.IgnoreDeletes())
+// loadCancels starts watching the cancel requests in forq.BucketCancel
+// and loads those made so far, before the worker fetches anything; it
+// gives up if ctx ends first. The watch lives until side ends, or its
+// caller stops it: followCancels follows it.
+func (w *Worker) loadCancels(ctx, side context.Context) (jetstream.KeyWatcher, error) {
+	kw, err := w.h.Cancel.WatchAll(side, jetstream.IgnoreDeletes())
 	if err != nil {
-		return fmt.Errorf("watch %s: %w", forq.BucketCancel, err)
+		return nil, fmt.Errorf("watch %s: %w", forq.BucketCancel, err)
 	}
 	// The initial values end with a nil entry.
-	for loaded := false; !loaded; {
+	for {
 		select {
 		case e, ok := <-kw.Updates():
 			if !ok {
-				return fmt.Errorf("watch %s: closed", forq.BucketCancel)
+				_ = kw.Stop()
+				return nil, fmt.Errorf("watch %s: closed", forq.BucketCancel)
 			}
 			if e == nil {
-				loaded = true
-				continue
+				return kw, nil
 			}
 			w.cancelRequested(e.Key())
-		case <-start.Done():
+		case <-ctx.Done():
 			_ = kw.Stop()
-			return start.Err()
+			return nil, ctx.Err()
 		}
 	}
-	wg.Go(func() {
-		defer kw.Stop()
-		for {
-			select {
-			case e, ok := <-kw.Updates():
-				if !ok {
-					return
-				}
-				if e != nil && e.Operation() == jetstream.KeyValuePut {
-					w.cancelRequested(e.Key())
-				}
-			case <-ctx.Done():
+}
+
+// followCancels takes the cancel requests made from now on, until side
+// ends: each cancels the task's handler if it runs here, and keeps the
+// task from starting if it is delivered later.
+func (w *Worker) followCancels(side context.Context, kw jetstream.KeyWatcher) {
+	for {
+		select {
+		case e, ok := <-kw.Updates():
+			if !ok {
 				return
 			}
+			if e != nil && e.Operation() == jetstream.KeyValuePut {
+				w.cancelRequested(e.Key())
+			}
+		case <-side.Done():
+			return
 		}
-	})
-	return nil
+	}
 }
 
 // cancelRequested records a cancel request and cancels the task's handler
@@ -73,20 +73,4 @@ func (w *Worker) isCanceled(id string) bool {
 	defer w.mu.Unlock()
 	_, ok := w.canceled[id]
 	return ok
-}
-
-// dropCanceled ends a canceled task: recorded as canceled, removed from the
-// queue, not retried.
-func (w *Worker) dropCanceled(log *taskLog, t *Task, res *forq.Result) {
-	w.ended(log, t)
-	res.State, res.Error = forq.StateCanceled, forq.ErrCanceled.Error()
-	if res.FinishedAt.IsZero() {
-		res.FinishedAt = time.Now().UTC()
-	}
-	w.put(log, res)
-	if err := t.msg.Ack(); err != nil {
-		log.get().Warn("ack of canceled task failed; it will be dropped again when redelivered", "err", err)
-	}
-	log.get().Info("task canceled")
-	w.observe(t, OutcomeCanceled, res)
 }

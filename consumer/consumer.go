@@ -1,23 +1,25 @@
 package consumer
 
 import (
+	"cmp"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
+	"math"
 	"os"
-	"runtime"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/forqhq/forq"
+	"github.com/forqhq/forq/internal/pull"
 	"github.com/forqhq/forq/internal/topology"
+	"github.com/forqhq/forq/internal/wire"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -33,6 +35,12 @@ const (
 	DefaultFetchWait = time.Second
 	// DefaultStatusInterval is how often a worker publishes its status.
 	DefaultStatusInterval = 2 * time.Second
+	// DefaultAbandonGrace is how long a handler may run past its task's
+	// timeout before it is abandoned.
+	DefaultAbandonGrace = 2 * time.Second
+	// DefaultAckLinger is how long a finished task's ack may wait for
+	// those of other tasks still running (Config.AckLinger).
+	DefaultAckLinger = time.Millisecond
 )
 
 // ErrPermanent marks a handler error that must not be retried: the task is
@@ -49,13 +57,41 @@ var ErrMaxTasks = errors.New("ran its maximum number of tasks")
 // its attempts.
 var ErrNoHandler = errors.New("no handler for task type")
 
+// ErrAbandoned is returned by Run when the worker stopped because it
+// abandoned a handler: one that went on running past its task's timeout
+// (plus Config.AbandonGrace) although its context was canceled, or past
+// the end of a stop's grace period (Config.Grace, then AbandonGrace). Its
+// task was settled as timed out (retried or dead-lettered), or handed back
+// at a stop, but its goroutine may still run and hold memory, locks or
+// files: the process should exit and be replaced, as forq work does (exit
+// code 100, which its pool replaces at once). Run returns it once the
+// worker's other running tasks are done, or at the end of Config.Grace.
+var ErrAbandoned = errors.New("abandoned a handler that ignored its context past its timeout")
+
+// ErrLeaseLost is the cause of a handler's context (context.Cause) when
+// its worker lost the task's lease: no heartbeat was confirmed by the
+// broker for longer than the queue's ack wait (the worker was frozen, or
+// cut off from the broker), so the broker may have given the task to
+// another worker. The handler should stop; whatever it returns, this
+// worker neither acks nor records the task: its other delivery does.
+var ErrLeaseLost = errors.New("task lease lost: no heartbeat confirmed by the broker within the ack wait")
+
+// ErrAlreadyStarted is returned by Run called on a Worker whose Run was
+// called before, whether it still runs or has returned: a Worker runs
+// once (make another with New to run again).
+var ErrAlreadyStarted = errors.New("the worker's Run was already called: a worker runs once")
+
 // Task is a task as a handler sees it.
 type Task struct {
 	// ID, Queue and Type of the task.
 	ID, Queue, Type string
 	// Payload as enqueued.
 	Payload []byte
-	// Attempt is 1 on the first run, counted by the broker's deliveries.
+	// Attempt is 1 on the first run and one more after each failure of
+	// the task: an error, a panic, a timeout, or the crash of a worker
+	// process that ran it alone. A delivery lost otherwise (a hand-back
+	// at shutdown, a supervisor's death, a crash caused by another task in
+	// the same process) does not count; see attempts.go.
 	Attempt int
 	// MaxAttempts the task may make.
 	MaxAttempts int
@@ -63,18 +99,47 @@ type Task struct {
 	Header nats.Header
 	// Priority is the level of the queue the task came from.
 	Priority forq.Priority
+	// alone: a delivery of this task was lost, so it runs alone in its
+	// process, its start and outcome recorded (see attempts.go). Next to
+	// Priority, it takes no room of its own.
+	alone bool
 
-	msg  jetstream.Msg
+	msg  *pull.Msg
 	lock *lockHold // the task's lock while it holds one
+	rev  uint64    // revision of its record this delivery last wrote or read
+	// history is the failed attempts of its message before this delivery,
+	// from its record (attempts.go); nil on a first delivery.
+	history []forq.Attempt
+	// rn is the runner of its handler, and dl the handler's deadline if
+	// the task has a timeout: what InProgress moves (progress.go).
+	rn *runner
+	dl *localDeadline
 }
 
-// InProgress tells the broker the task is still being worked on. The worker
-// does this on its own while the handler runs; a handler may call it too.
-func (t *Task) InProgress() error { return t.msg.InProgress() }
+// run is the delivery of t's message (with a lock key: its run), 1 on its
+// first: what attempts.go counts from. Read from the ack subject when
+// needed, on the rare paths, rather than kept in every Task.
+func (t *Task) run() int {
+	if t.lock != nil && t.lock.runs > 0 {
+		return t.lock.runs
+	}
+	if a, ok := wire.ParseAck(t.msg.Reply()); ok && a.Delivered > 0 && a.Delivered <= math.MaxInt32 {
+		return int(a.Delivered)
+	}
+	return 1
+}
+
+// seq is the stream sequence of t's message, 0 if its ack subject does not
+// say.
+func (t *Task) seq() uint64 {
+	a, _ := wire.ParseAck(t.msg.Reply())
+	return a.Seq
+}
 
 // Handler runs tasks of one type. Its result bytes are recorded when the
-// task asked for a record. ctx is canceled at the task's timeout, when the
-// task is canceled, or when the worker's grace period ends at shutdown.
+// task asked for a record. ctx is canceled at the task's timeout (which
+// Task.InProgress moves), when the task is canceled, or when the worker's
+// grace period ends at shutdown.
 type Handler interface {
 	Handle(ctx context.Context, t *Task) ([]byte, error)
 }
@@ -89,7 +154,7 @@ func (f HandlerFunc) Handle(ctx context.Context, t *Task) ([]byte, error) { retu
 // handler at a time.
 type Config struct {
 	// Queues to pull from; empty means forq.DefaultQueue. The worker
-	// serves every priority level of each, highest first; see priority.go.
+	// serves every priority level of each, highest first; see order.go.
 	Queues []string
 	// Order chooses between Queues within a priority level: OrderStrict
 	// (the default, "") or OrderWeighted.
@@ -106,7 +171,8 @@ type Config struct {
 	Concurrency int
 	// AckWait of a queue's consumer when this worker is the first to
 	// declare it; 0 means forq.DefaultAckWait. An existing consumer keeps
-	// its own.
+	// its own, except one declared with forq.LegacyAckWait, which a worker
+	// with the default moves to it (see topology.EnsureConsumer).
 	AckWait time.Duration
 	// Grace is how long a stop lets running handlers finish before their
 	// contexts are canceled; 0 means DefaultGrace.
@@ -128,6 +194,21 @@ type Config struct {
 	StatusInterval time.Duration
 	// Logger gets the worker's events; nil means slog.Default().
 	Logger *slog.Logger
+	// Name is how this worker's host is shown: in its status (the host
+	// "forq stats" lists), in its results' Host, in the holder of the
+	// locks it takes and in its answers to a restarted worker. Empty
+	// means the host name (os.Hostname), which in a container is its ID:
+	// give the service's name there. At most MaxNameLen bytes, no control
+	// characters. The worker's key in forq.BucketWorkers keeps the host
+	// name, so that workers of one Name on several hosts do not share a
+	// key.
+	Name string
+	// Restarts is how many times the pool restarted this worker's slot
+	// after a crash before it (forq pool passes it in the environment as
+	// FORQ_POOL_RESTARTS; see pool.EnvRestarts); 0 for a worker not run by
+	// a pool. The worker only shows it, in its status's Restarts. It must
+	// not be negative.
+	Restarts int
 	// Replicas, ResultTTL and DuplicateWindow apply when this worker is the
 	// first process to declare forq's streams and bucket.
 	Replicas        int
@@ -142,56 +223,137 @@ type Config struct {
 	// AckLinger is how long a finished task's ack may wait for those of
 	// other tasks still running, so that they reach the broker together;
 	// 0 means DefaultAckLinger, negative sends each ack at once. An idle
-	// worker's acks are never held. See acker.go.
+	// worker's acks are never held. See internal/pull/acker.go.
 	AckLinger time.Duration
+	// AbandonGrace is how long a handler may go on past its task's
+	// timeout (its context canceled) before the worker abandons it: the
+	// task is settled as timed out, its slot freed, and Run returns
+	// ErrAbandoned once the other running tasks are done. 0 means
+	// DefaultAbandonGrace. A handler made by ExecHandler gets its
+	// KillGrace plus 2s if that is longer (its command's time to stop
+	// after SIGTERM); give a handler that wraps one as much.
+	AbandonGrace time.Duration
 }
 
-// Worker pulls tasks and runs their handlers. Register handlers before Run.
+// Worker pulls tasks and runs their handlers. Register handlers with
+// Handle before Run; a Worker runs once.
 type Worker struct {
 	cfg      Config
 	nc       *nats.Conn
 	js       jetstream.JetStream
 	h        *topology.Handles
 	log      *slog.Logger
-	host     string
+	host     string // the host name: of the status's key
+	name     string // Config.Name, or the host name: what others are shown
 	pid      int
-	handlers map[string]Handler
+	handlers map[string]Handler // written before Run only (Handle)
 
-	slots     chan struct{}
-	claimed   atomic.Int64 // tasks fetched toward MaxTasks
 	processed atomic.Int64
 	inflight  atomic.Int64
+	succeeded atomic.Int64 // tasks that succeeded (WorkerStatus.Succeeded)
 	// queueRecord says which queues record every task (forq.MetadataRecord).
 	queueRecord atomic.Pointer[map[string]bool]
 	started     time.Time
 	window      *window
 	locks       lockState
-	acker       *acker // while Run runs
+	guard       atomic.Pointer[restartGuard] // while Run runs; see restart.go
 
 	mu       sync.Mutex
-	running  map[*run]struct{}   // one per runner goroutine
-	canceled map[string]struct{} // task IDs with a cancel request
-	stopping error               // set when the grace is over: the cause for handlers
+	ran      bool                 // Run was called: no more Handle, no second Run
+	active   bool                 // Run runs its engine: Abort acts
+	running  map[*runner]struct{} // one per runner goroutine
+	canceled map[string]struct{}  // task IDs with a cancel request
+	stopping error                // set when the grace is over: the cause for handlers
+	aborted  bool                 // Abort was called during Run
+	// The gate of tasks that run alone (attempts.go): handlers running
+	// beside others, runs alone waiting, a run alone running, and the
+	// channel closed when waiters should look again.
+	shared, aloneWait int
+	aloneRun          bool
+	gate              chan struct{}
+	abandoned         int    // handlers abandoned
+	runs              uint64 // runners made, naming each in heartbeat replies
+	// abandonGrace is Config.AbandonGrace, or more for an exec handler's
+	// kill grace (see Run).
+	abandonGrace time.Duration
+
+	// Set by Run before its actors start.
+	eng       *pull.Engine
+	beatInbox string
 }
 
-// run is a runner goroutine's current task, guarded by Worker.mu: id and
-// cancel are set while a handler runs ("" and nil between tasks); msg, beat
-// and next drive its heartbeats. A runner keeps its run for its life, so a
-// task costs no map insert.
-type run struct {
+// runner is a runner goroutine of the engine, and its current task,
+// guarded by Worker.mu: id and cancel are set while a handler runs (""
+// and nil between tasks); msg, beat and next drive its heartbeats. A
+// runner keeps its entry in Worker.running for its life, so a task costs
+// no map insert.
+type runner struct {
+	w      *Worker
 	id     string
 	cancel context.CancelCauseFunc
-	msg    jetstream.Msg
+	msg    *pull.Msg
 	beat   time.Duration
 	next   time.Time
+
+	// idx names the runner in the reply subjects of its heartbeats, gen
+	// its task, so that a late reply is not taken for a later task's.
+	idx, gen uint64
+	t        *Task // while its handler runs
+	// The lease: the ack wait (0: none), and the send time of the last
+	// heartbeat the broker confirmed (the start until one is); lost once
+	// it is older than the ack wait.
+	ackWait time.Duration
+	lastOK  time.Time
+	lost    bool
+	// Abandonment: when (zero: never), why, and, once abandoned, a channel
+	// closed when its task is settled.
+	started   time.Time
+	abandonAt time.Time
+	timedOut  error
+	abandoned chan struct{}
+}
+
+// checkShown checks what others are shown of the worker: Config.Name and
+// Config.Restarts.
+func checkShown(cfg *Config) error {
+	if err := CheckName(cfg.Name); err != nil {
+		return fmt.Errorf("consumer: %w: %w", forq.ErrInvalidOption, err)
+	}
+	if cfg.Restarts < 0 {
+		return fmt.Errorf("consumer: %w: negative restarts %d", forq.ErrInvalidOption, cfg.Restarts)
+	}
+	return nil
+}
+
+// MaxNameLen bounds Config.Name, as DNS bounds a host name.
+const MaxNameLen = 253
+
+// CheckName returns an error naming the problem if name cannot be a
+// worker's Config.Name: longer than MaxNameLen bytes, not UTF-8, or with
+// a control character (it is shown on a terminal by forq stats). The
+// empty name, the host name's stand-in, is valid.
+func CheckName(name string) error {
+	switch {
+	case len(name) > MaxNameLen:
+		return fmt.Errorf("name %.20q...: longer than %d bytes", name, MaxNameLen)
+	case !utf8.ValidString(name):
+		return fmt.Errorf("name %q: not UTF-8", name)
+	case strings.ContainsFunc(name, unicode.IsControl):
+		return fmt.Errorf("name %q: has a control character", name)
+	}
+	return nil
 }
 
 // errStopping is the cause given to handlers canceled at the end of a stop.
 var errStopping = errors.New("worker stopping: grace period over")
 
 // New returns a Worker on nc and declares forq's streams, bucket and the
-// consumers of cfg.Queues. Errors wrap forq.ErrInvalidQueue or
-// forq.ErrInvalidOption for bad config, or the broker's error.
+// consumers of cfg.Queues. A broker that cannot declare them now (its
+// storage full, JetStream disabled) is retried, each failure logged, until
+// it can or ctx ends. Errors wrap forq.ErrInvalidQueue or
+// forq.ErrInvalidOption for bad config, forq.ErrServerTooOld (at once, no
+// retry) for a broker older than NATS 2.11, or the broker's last error
+// when ctx ended first.
 func New(ctx context.Context, nc *nats.Conn, cfg Config) (*Worker, error) {
 	if len(cfg.Queues) == 0 {
 		cfg.Queues = []string{forq.DefaultQueue}
@@ -208,6 +370,9 @@ func New(ctx context.Context, nc *nats.Conn, cfg Config) (*Worker, error) {
 		return nil, err
 	}
 	if err := checkOrder(&cfg); err != nil {
+		return nil, err
+	}
+	if err := checkShown(&cfg); err != nil {
 		return nil, err
 	}
 	if cfg.Concurrency == 0 {
@@ -228,6 +393,12 @@ func New(ctx context.Context, nc *nats.Conn, cfg Config) (*Worker, error) {
 	if cfg.AckLinger == 0 {
 		cfg.AckLinger = DefaultAckLinger
 	}
+	if cfg.AbandonGrace < 0 {
+		return nil, fmt.Errorf("consumer: %w: negative abandon grace", forq.ErrInvalidOption)
+	}
+	if cfg.AbandonGrace == 0 {
+		cfg.AbandonGrace = DefaultAbandonGrace
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
@@ -238,12 +409,15 @@ func New(ctx context.Context, nc *nats.Conn, cfg Config) (*Worker, error) {
 	if err != nil {
 		return nil, fmt.Errorf("consumer: %w", err)
 	}
-	h, err := topology.Ensure(ctx, js, topology.Options{Replicas: cfg.Replicas, ResultTTL: cfg.ResultTTL, DuplicateWindow: cfg.DuplicateWindow})
+	h, err := topology.Retry(ctx, nc, cfg.Logger, func(ctx context.Context) (*topology.Handles, error) {
+		return topology.Ensure(ctx, js, topology.Options{Replicas: cfg.Replicas, ResultTTL: cfg.ResultTTL, DuplicateWindow: cfg.DuplicateWindow, Logger: cfg.Logger})
+	})
 	if err != nil {
 		return nil, fmt.Errorf("consumer: %w", err)
 	}
 	host, _ := os.Hostname()
 	return &Worker{
+		name:     cmp.Or(cfg.Name, host),
 		cfg:      cfg,
 		nc:       nc,
 		js:       js,
@@ -252,29 +426,38 @@ func New(ctx context.Context, nc *nats.Conn, cfg Config) (*Worker, error) {
 		host:     host,
 		pid:      os.Getpid(),
 		handlers: map[string]Handler{},
-		slots:    make(chan struct{}, cfg.Concurrency),
-		running:  map[*run]struct{}{},
+		running:  map[*runner]struct{}{},
 		canceled: map[string]struct{}{},
 		window:   newWindow(),
+
+		abandonGrace: cfg.AbandonGrace,
 	}, nil
 }
 
 // Handle registers h for tasks of type taskType, replacing any handler
-// registered before. It panics if taskType is not a valid type, like
-// net/http's ServeMux does for a bad pattern. Call it before Run.
+// registered before. Call it before Run: like net/http's ServeMux for a
+// bad pattern, it panics if taskType is not a valid type, and if Run was
+// called already (a worker's handlers are fixed once it runs).
 func (w *Worker) Handle(taskType string, h Handler) {
 	if err := forq.ValidateType(taskType); err != nil {
 		panic(fmt.Sprintf("consumer: Handle: %v", err))
 	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.ran {
+		panic(fmt.Sprintf("consumer: Handle(%q) called after Run: register handlers before Run", taskType))
+	}
 	w.handlers[taskType] = h
 }
 
-// HandleFunc registers f for tasks of type taskType.
+// HandleFunc registers f for tasks of type taskType, as Handle does (and
+// panics where it does).
 func (w *Worker) HandleFunc(taskType string, f func(ctx context.Context, t *Task) ([]byte, error)) {
 	w.Handle(taskType, HandlerFunc(f))
 }
 
-// Types returns the registered task types, sorted.
+// Types returns the registered task types, sorted. Once Run was called
+// the handlers are fixed, and it is safe to call from any goroutine.
 func (w *Worker) Types() []string {
 	ts := make([]string, 0, len(w.handlers))
 	for t := range w.handlers {
@@ -290,67 +473,82 @@ func (w *Worker) Processed() int64 { return w.processed.Load() }
 
 // Run pulls and runs tasks until ctx is canceled, then stops gracefully
 // (see the package doc) and returns nil. It returns ErrMaxTasks after
-// Config.MaxTasks tasks, and an error if a queue's consumer cannot be
-// declared. Broker outages are waited out: the connection reconnects and
-// fetching resumes.
+// Config.MaxTasks tasks, ErrAbandoned after it abandoned a handler, and an
+// error if a queue's consumer cannot be declared for bad input. Broker
+// outages are waited out: the connection reconnects and fetching resumes;
+// a broker that cannot declare the queues' consumers (its storage full,
+// JetStream disabled) is retried until it can, each failure logged. New
+// waits the same way for forq's streams.
+//
+// A Worker runs once: Run called again, while it runs or after it
+// returned, returns ErrAlreadyStarted at once.
 func (w *Worker) Run(ctx context.Context) error {
-	byQueue, cons, err := w.sources(ctx)
+	if err := w.begin(); err != nil {
+		return err
+	}
+	eng, err := pull.New(ctx, w.engineConfig())
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil // stopped while waiting for the broker
+		}
+		return fmt.Errorf("consumer: %w", err)
+	}
+	// An exec handler stops its command within its kill grace after its
+	// context ends: it is not abandoned before.
+	w.abandonGrace = w.cfg.AbandonGrace
+	for _, h := range w.handlers {
+		if x, ok := h.(*execHandler); ok {
+			w.abandonGrace = max(w.abandonGrace, x.cfg.KillGrace+2*time.Second)
+		}
+	}
+	// The actors beside the engine live until it has stopped (its
+	// runners done): side is canceled then, not when ctx is.
+	side, endSide := context.WithCancel(context.WithoutCancel(ctx))
+	defer endSide()
+	subs, err := w.subscribe(ctx, side)
 	if err != nil {
 		return fmt.Errorf("consumer: %w", err)
 	}
-	// Handlers run under hard, which outlives ctx by the grace period.
-	hard, cancelHard := context.WithCancelCause(context.WithoutCancel(ctx))
-	defer cancelHard(nil)
-	// Cancel requests are watched for as long as handlers may run; the
-	// requests made before this worker started are loaded before it
-	// fetches anything.
-	var watcher sync.WaitGroup
-	defer watcher.Wait()
-	defer cancelHard(nil)
-	if err := w.watchCancels(ctx, hard, &watcher); err != nil {
-		return fmt.Errorf("consumer: %w", err)
-	}
+	defer subs.close()
 	w.started = time.Now().UTC()
 	w.loadQueueRecord(ctx)
-	if w.cfg.StatusInterval > 0 {
-		watcher.Go(func() { w.publishStatus(hard) })
-	}
 	w.mu.Lock()
-	w.stopping = nil
+	w.eng, w.active, w.stopping, w.aborted = eng, true, nil, false
 	w.mu.Unlock()
-	// Final acks are published in batches (acker.go); the acker outlives
-	// the runners, and publishes what is left when Run returns.
-	w.acker = newAcker(w.nc, w.cfg.AckLinger)
-	go w.acker.run()
-	defer w.acker.close()
-	// Handlers' contexts do not hang from hard (whose children map would
-	// take an insert and a delete per task): the end of the grace cancels
-	// each running handler through w.running, see stopAll.
-	d := newDispatcher(w, hard)
-	// One heartbeat loop for every running task.
-	beatDone := make(chan struct{})
-	var beater sync.WaitGroup
-	defer beater.Wait()
-	defer close(beatDone)
-	if tick := heartbeatTick(cons); tick > 0 {
-		beater.Go(func() { w.heartbeats(tick, beatDone) })
-	}
-	w.pullLoop(ctx, d, byQueue)
-	d.close()
 
-	// No more fetching. Let running handlers finish within the grace.
-	done := make(chan struct{})
-	go func() { d.runners.Wait(); close(done) }()
-	if ctx.Err() != nil {
-		w.log.Info("stopping: waiting for running tasks", "grace", w.cfg.Grace)
+	// One group: the engine, and until it has stopped, the heartbeats,
+	// the cancel watcher, the status publisher, the supervisor watch and
+	// the stop's grace.
+	var actors sync.WaitGroup
+	actors.Go(func() {
+		defer endSide()
+		_ = eng.Run(ctx, w.newRunner) // its one error is a second Run
+	})
+	if tick := heartbeatTick(eng.AckWaits()); tick > 0 {
+		actors.Go(func() { w.heartbeats(side, tick) })
 	}
-	select {
-	case <-done:
-	case <-time.After(w.cfg.Grace):
-		w.log.Warn("grace period over: canceling running tasks; they will be redelivered")
-		w.stopAll(errStopping)
-		cancelHard(errStopping)
-		<-done
+	actors.Go(func() { w.followCancels(side, subs.cancels) })
+	if w.cfg.StatusInterval > 0 {
+		actors.Go(func() { w.publishStatus(side) })
+	}
+	if gone := SupervisorGone(ctx); gone != nil {
+		actors.Go(func() { w.watchSupervisor(side, gone) })
+	}
+	actors.Go(func() { w.drain(ctx, side, eng) })
+	actors.Wait()
+
+	w.mu.Lock()
+	w.active = false
+	aborted := w.aborted
+	w.mu.Unlock()
+	if aborted {
+		// The hand-backs must reach the broker before the process exits,
+		// whatever its caller does next (the engine published its last
+		// acks before it returned).
+		_ = w.nc.FlushTimeout(time.Second)
+	}
+	if w.holdsAbandoned() {
+		return ErrAbandoned
 	}
 	if w.cfg.MaxTasks > 0 && w.processed.Load() >= int64(w.cfg.MaxTasks) {
 		return ErrMaxTasks
@@ -358,17 +556,171 @@ func (w *Worker) Run(ctx context.Context) error {
 	return nil
 }
 
-// Abort cancels every running handler's context at once; their tasks are
-// naked for immediate redelivery. A stop that cannot wait (the supervisor
-// died) calls it after canceling Run's context.
-func (w *Worker) Abort() {
+// begin marks the start of the Worker's one Run; it returns
+// ErrAlreadyStarted if Run was called before.
+func (w *Worker) begin() error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	for r := range w.running {
-		if r.cancel != nil {
-			r.cancel(errStopping)
+	if w.ran {
+		return ErrAlreadyStarted
+	}
+	w.ran = true
+	return nil
+}
+
+// engineConfig is the configuration of the worker's pull engine.
+func (w *Worker) engineConfig() pull.Config {
+	var weights []int
+	if w.cfg.Order == OrderWeighted {
+		for _, q := range w.cfg.Queues {
+			weights = append(weights, max(w.cfg.Weights[q], 1))
 		}
 	}
+	return pull.Config{
+		Conn: w.nc, Stream: w.h.Tasks, Queues: w.cfg.Queues, Weights: weights,
+		AckWait: w.cfg.AckWait, Concurrency: w.cfg.Concurrency, MaxTasks: w.cfg.MaxTasks,
+		FetchWait: w.cfg.FetchWait, IdlePoll: w.cfg.IdlePoll, AckLinger: w.cfg.AckLinger,
+		Logger: w.log,
+	}
+}
+
+// newRunner makes the state of one of the engine's runner goroutines.
+func (w *Worker) newRunner() pull.Runner {
+	r := &runner{w: w}
+	w.mu.Lock()
+	w.runs++
+	r.idx = w.runs
+	w.running[r] = struct{}{}
+	w.mu.Unlock()
+	return r
+}
+
+// Exit takes the runner out of Worker.running when its goroutine ends.
+func (r *runner) Exit() {
+	r.w.mu.Lock()
+	delete(r.w.running, r)
+	r.w.mu.Unlock()
+}
+
+// runSubs are the subscriptions a Run holds for its length.
+type runSubs struct {
+	beats   *nats.Subscription
+	cancels jetstream.KeyWatcher
+	guard   *restartGuard
+}
+
+// subscribe makes Run's subscriptions: the replies to heartbeats, the
+// watch of cancel requests (those made before the worker started loaded
+// before it fetches anything; the watch lives until side ends), and the
+// restart guard.
+func (w *Worker) subscribe(ctx, side context.Context) (*runSubs, error) {
+	s := &runSubs{}
+	// Heartbeats are sent as requests: the broker's replies confirm the
+	// leases of running tasks (lease.go).
+	w.beatInbox = w.nc.NewInbox()
+	var err error
+	if s.beats, err = w.nc.Subscribe(w.beatInbox+".>", w.beatConfirmed); err != nil {
+		return nil, fmt.Errorf("subscribe to heartbeat replies: %w", err)
+	}
+	if s.cancels, err = w.loadCancels(ctx, side); err != nil {
+		s.close()
+		return nil, err
+	}
+	// Heartbeats on reconnect and answers to "still running?"
+	// (restart.go), until every handler has returned.
+	if s.guard, err = w.guardRestarts(w.cfg.Queues); err != nil {
+		s.close()
+		return nil, err
+	}
+	w.guard.Store(s.guard)
+	return s, nil
+}
+
+func (s *runSubs) close() {
+	if s.guard != nil {
+		s.guard.stop()
+	}
+	if s.cancels != nil {
+		_ = s.cancels.Stop()
+	}
+	_ = s.beats.Unsubscribe()
+}
+
+// drain is the stop's actor. Once the engine stops pulling (ctx ended,
+// Abort, a handler abandoned, MaxTasks), it lets the running handlers
+// finish within Config.Grace; then it cancels them (errStopping), and
+// abandons those that still run, every AbandonGrace, their tasks handed
+// back (lease.go), so that a stop always ends; until the engine has
+// stopped (side ends).
+func (w *Worker) drain(ctx, side context.Context, eng *pull.Engine) {
+	select {
+	case <-eng.Draining():
+	case <-side.Done():
+		return
+	}
+	w.mu.Lock()
+	stopped := ctx.Err() != nil || w.aborted
+	w.mu.Unlock()
+	if stopped {
+		w.log.Info("stopping: waiting for running tasks", "grace", w.cfg.Grace)
+	} else if w.holdsAbandoned() {
+		w.log.Warn("a handler was abandoned: no more fetching; exiting once the running tasks are done, to be replaced", "grace", w.cfg.Grace)
+	}
+	grace := time.NewTimer(w.cfg.Grace)
+	defer grace.Stop()
+	select {
+	case <-grace.C:
+	case <-side.Done():
+		return
+	}
+	w.log.Warn("grace period over: canceling running tasks; they will be redelivered")
+	w.stopAll(errStopping)
+	tick := time.NewTicker(w.abandonGrace)
+	defer tick.Stop()
+	for {
+		select {
+		case now := <-tick.C:
+			w.abandonRunning(now)
+		case <-side.Done():
+			return
+		}
+	}
+}
+
+// watchSupervisor aborts the worker when its supervisor dies (gone is
+// closed; see StopContext), until side ends.
+func (w *Worker) watchSupervisor(side context.Context, gone <-chan struct{}) {
+	select {
+	case <-gone:
+		w.log.Warn("the worker's supervisor is gone: aborting; running tasks are handed back")
+		w.Abort(ErrSupervisorGone)
+	case <-side.Done():
+	}
+}
+
+// Abort stops the worker at once, for a stop that cannot wait (its
+// supervisor died): Run fetches no more tasks, every running handler's
+// context is canceled with a cause that wraps ErrAborted and reason (if
+// not nil), as is that of any handler that starts later in this Run, and
+// their tasks are handed back (naked for immediate redelivery, not
+// failed). Run returns once the handlers have returned (a handler that
+// ignores its context still holds it up to Config.Grace), and after
+// flushing the hand-backs to the broker. Run calls it itself, with reason
+// ErrSupervisorGone, when its context comes from StopContext and the
+// supervisor dies. Outside Run it does nothing. It is safe to call from
+// any goroutine, more than once.
+func (w *Worker) Abort(reason error) {
+	w.mu.Lock()
+	active, eng := w.active, w.eng
+	if active {
+		w.aborted = true
+	}
+	w.mu.Unlock()
+	if !active {
+		return
+	}
+	w.stopAll(&abortError{reason: reason})
+	eng.Stop()
 }
 
 // stopAll cancels every running handler with cause, and every handler
@@ -382,414 +734,4 @@ func (w *Worker) stopAll(cause error) {
 			r.cancel(cause)
 		}
 	}
-}
-
-// heartbeatTick is how often the heartbeat loop looks for tasks due one:
-// a quarter of the shortest beat, so that a task's first heartbeat goes
-// out between ⅓ and 5⁄12 of its ack wait. 0 means no heartbeats.
-func heartbeatTick(cons []jetstream.Consumer) time.Duration {
-	var tick time.Duration
-	for _, c := range cons {
-		if aw := c.CachedInfo().Config.AckWait; aw > 0 {
-			b := beatOf(aw) / 4
-			if tick == 0 || b < tick {
-				tick = b
-			}
-		}
-	}
-	return tick
-}
-
-// beatOf is the interval of a task's heartbeats (in-progress acks).
-func beatOf(ackWait time.Duration) time.Duration { return max(ackWait/3, 100*time.Millisecond) }
-
-// heartbeats tells the broker every beat that each running task is still
-// being worked on, until done is closed.
-func (w *Worker) heartbeats(tick time.Duration, done <-chan struct{}) {
-	t := time.NewTicker(tick)
-	defer t.Stop()
-	var due []jetstream.Msg
-	for {
-		select {
-		case <-done:
-			return
-		case now := <-t.C:
-			due = due[:0]
-			w.mu.Lock()
-			for r := range w.running {
-				if r.msg != nil && r.beat > 0 && !now.Before(r.next) {
-					due = append(due, r.msg)
-					r.next = now.Add(r.beat)
-				}
-			}
-			w.mu.Unlock()
-			for _, m := range due {
-				_ = m.InProgress()
-			}
-			clear(due)
-		}
-	}
-}
-
-// job is one delivery for a runner to process.
-type job struct {
-	queue   string
-	prio    forq.Priority
-	ackWait time.Duration
-	m       jetstream.Msg
-}
-
-func (w *Worker) acquire(ctx context.Context) bool {
-	select {
-	case w.slots <- struct{}{}:
-		return true
-	case <-ctx.Done():
-		return false
-	}
-}
-
-func (w *Worker) tryAcquire() bool {
-	select {
-	case w.slots <- struct{}{}:
-		return true
-	default:
-		return false
-	}
-}
-
-func (w *Worker) release(n int) {
-	for range n {
-		<-w.slots
-	}
-}
-
-func (w *Worker) unclaim(n int) {
-	if w.cfg.MaxTasks > 0 && n > 0 {
-		w.claimed.Add(-int64(n))
-	}
-}
-
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
-}
-
-// process runs one delivery of a task (see deliver), counted in InFlight
-// while it runs and in Processed once it is over.
-func (w *Worker) process(hard context.Context, r *run, queue string, prio forq.Priority, ackWait time.Duration, m jetstream.Msg) {
-	// Counted around deliver, not with defers: deliver's one defer is
-	// then open-coded (inline at each return), which the compiler gives
-	// up on for three defers and this many returns.
-	w.inflight.Add(1)
-	w.deliver(hard, r, queue, prio, ackWait, m)
-	w.inflight.Add(-1)
-	w.processed.Add(1)
-}
-
-// deliver runs one delivery of a task to its end: handled and acked,
-// retried, dead-lettered, expired or canceled.
-func (w *Worker) deliver(hard context.Context, r *run, queue string, prio forq.Priority, ackWait time.Duration, m jetstream.Msg) {
-	t := &Task{Queue: queue, Priority: prio, Payload: m.Data(), Header: m.Headers(), msg: m}
-	// Forq-Id, when present, is the task's ID (a task fired by a schedule,
-	// or retried from the dead letters, whose Nats-Msg-Id is only a
-	// de-duplication key); otherwise Nats-Msg-Id is.
-	t.ID = t.Header.Get(forq.HeaderTaskID)
-	if t.ID == "" {
-		t.ID = t.Header.Get(forq.HeaderID)
-	}
-	t.Type = t.Header.Get(forq.HeaderType)
-	t.Attempt = 1
-	if t.ID == "" {
-		if md, err := m.Metadata(); err == nil {
-			t.Attempt = int(md.NumDelivered)
-			// Published without an ID (e.g. by hand): the stream
-			// sequence is stable across redeliveries.
-			t.ID = "seq-" + strconv.FormatUint(md.Sequence.Stream, 10)
-		}
-	} else if n, ok := numDelivered(m.Reply()); ok {
-		t.Attempt = int(n)
-	}
-	log := &taskLog{w: w, t: t}
-	record := t.Header.Get(forq.HeaderRecord) == "1" || w.recordsQueue(queue)
-
-	var timeout time.Duration
-	t.MaxAttempts = forq.DefaultMaxAttempts
-	var bad error
-	if s := t.Header.Get(forq.HeaderMaxAttempts); s != "" {
-		n, err := strconv.Atoi(s)
-		if err != nil || n < 1 {
-			bad = fmt.Errorf("%w: header %s: %q is not a positive integer", ErrPermanent, forq.HeaderMaxAttempts, s)
-		}
-		t.MaxAttempts = max(n, 1)
-	}
-	if s := t.Header.Get(forq.HeaderTimeout); s != "" && bad == nil {
-		d, err := time.ParseDuration(s)
-		if err != nil || d <= 0 {
-			bad = fmt.Errorf("%w: header %s: %q is not a positive duration like 30s", ErrPermanent, forq.HeaderTimeout, s)
-		}
-		timeout = d
-	}
-	if t.Type == "" && bad == nil {
-		bad = fmt.Errorf("%w: no %s header", ErrPermanent, forq.HeaderType)
-	}
-	res := forq.Result{ID: t.ID, Queue: queue, Type: t.Type, Attempts: t.Attempt, WorkerPID: w.pid, Host: w.host}
-	if bad != nil {
-		w.fail(log, t, escape(res), bad)
-		return
-	}
-	if key := t.Header.Get(forq.HeaderLock); key != "" && !w.isCanceled(t.ID) {
-		var ok bool
-		held := escape(res)
-		if hard, ok = w.takeLock(hard, log, t, held, key); !ok {
-			return
-		}
-		res = *held
-		defer w.unlockTask(log, t)
-	}
-	if t.Attempt > t.MaxAttempts {
-		w.fail(log, t, escape(res), fmt.Errorf("%w: delivered %d times but allowed %d attempts: its workers stopped while running it", ErrPermanent, t.Attempt, t.MaxAttempts))
-		return
-	}
-	if dl, ok := deadline(t); ok && t.Attempt == 1 && time.Now().After(dl) {
-		w.expire(log, t, escape(res), dl)
-		return
-	}
-
-	if w.isCanceled(t.ID) {
-		w.dropCanceled(log, t, escape(res))
-		return
-	}
-	h, ok := w.handlers[t.Type]
-	var out []byte
-	var err error
-	res.StartedAt = time.Now().UTC()
-	if !ok {
-		err = fmt.Errorf("%w %q on this worker (it handles %v)", ErrNoHandler, t.Type, w.Types())
-	} else {
-		if record {
-			res.State = forq.StateRunning
-			w.put(log, escape(res))
-		}
-		out, err = w.runHandler(hard, r, t, h, timeout, ackWait, res.StartedAt)
-	}
-	res.FinishedAt = time.Now().UTC()
-	if err == nil {
-		w.ended(log, t)
-		if record {
-			res.State, res.Result = forq.StateSucceeded, out
-			if !w.put(log, escape(res)) {
-				// Without its record a waiter would wait forever: run it again.
-				_ = m.NakWithDelay(time.Second)
-				return
-			}
-		}
-		if err := m.Ack(); err != nil {
-			log.get().Warn("ack failed; the task will be redelivered", "err", err)
-		}
-		w.observe(t, OutcomeSucceeded, &res)
-		if w.log.Enabled(context.Background(), slog.LevelDebug) {
-			log.get().Debug("task succeeded", "duration", res.FinishedAt.Sub(res.StartedAt))
-		}
-		return
-	}
-	res.Result = out
-	if errors.Is(err, forq.ErrCanceled) {
-		w.dropCanceled(log, t, escape(res))
-		return
-	}
-	if errors.Is(err, errStopping) {
-		// Stopped before it finished: redeliver at once, elsewhere.
-		log.get().Info("task interrupted by shutdown; redelivering")
-		if record {
-			res.State, res.StartedAt, res.FinishedAt = forq.StateQueued, time.Time{}, time.Time{}
-			w.put(log, escape(res))
-		}
-		_ = m.Nak()
-		w.observe(t, OutcomeInterrupted, &res)
-		return
-	}
-	w.fail(log, t, escape(res), err)
-}
-
-// escape returns a copy of r on the heap, for the paths that keep or
-// record a task's result. Most tasks succeed without a record, and then
-// process's Result stays on its stack: one allocation fewer per task.
-func escape(r forq.Result) *forq.Result { return &r }
-
-// taskLog builds a task's logger when it is first needed: most tasks
-// succeed and log nothing, and slog's With allocates even when the level
-// is off.
-type taskLog struct {
-	w *Worker
-	t *Task
-	l *slog.Logger
-}
-
-func (x *taskLog) get() *slog.Logger {
-	if x.l == nil {
-		t := x.t
-		x.l = x.w.log.With("task", t.ID, "queue", t.Queue, "type", t.Type, "attempt", t.Attempt, "pid", x.w.pid)
-	}
-	return x.l
-}
-
-// runHandler runs h with the task's deadline, heartbeats and panic guard.
-// hard is the parent of the handler's context; r is the runner's entry in
-// w.running, where the task is cancelable and gets its heartbeats.
-func (w *Worker) runHandler(hard context.Context, r *run, t *Task, h Handler, timeout, ackWait time.Duration, start time.Time) (out []byte, err error) {
-	ctx, cancel := context.WithCancelCause(hard)
-	defer cancel(nil)
-	if timeout > 0 {
-		var c context.CancelFunc
-		ctx, c = context.WithTimeoutCause(ctx, timeout, fmt.Errorf("task timed out after %s", timeout))
-		defer c()
-	}
-	w.mu.Lock()
-	r.id, r.cancel, r.msg = t.ID, cancel, t.msg
-	r.beat, r.next = 0, time.Time{}
-	if ackWait > 0 {
-		r.beat = beatOf(ackWait)
-		r.next = start.Add(r.beat)
-	}
-	if w.stopping != nil {
-		cancel(w.stopping)
-	} else if _, ok := w.canceled[t.ID]; ok {
-		cancel(forq.ErrCanceled)
-	}
-	w.mu.Unlock()
-	defer func() {
-		w.mu.Lock()
-		r.id, r.cancel, r.msg = "", nil, nil
-		w.mu.Unlock()
-	}()
-	defer func() {
-		if p := recover(); p != nil {
-			buf := make([]byte, 4096)
-			buf = buf[:runtime.Stack(buf, false)]
-			err = fmt.Errorf("handler panicked: %v\n%s", p, buf)
-		}
-	}()
-	out, err = h.Handle(ctx, t)
-	if err != nil && ctx.Err() != nil {
-		if cause := context.Cause(ctx); errors.Is(cause, errStopping) || errors.Is(cause, forq.ErrCanceled) {
-			return nil, cause
-		} else if cause != nil && !errors.Is(err, cause) {
-			err = fmt.Errorf("%w: %w", cause, err)
-		}
-	}
-	return out, err
-}
-
-// fail handles a failed attempt: retry after back-off, or dead-letter.
-func (w *Worker) fail(log *taskLog, t *Task, res *forq.Result, err error) {
-	res.Error = err.Error()
-	if res.FinishedAt.IsZero() {
-		res.FinishedAt = time.Now().UTC()
-	}
-	delay := w.backoff(t.Attempt)
-	if dl, ok := deadline(t); ok && !errors.Is(err, ErrPermanent) && t.Attempt < t.MaxAttempts && time.Now().Add(delay).After(dl) {
-		// The broker drops the task at its deadline: a retry would never come.
-		err = fmt.Errorf("%w (not retried: its deadline %s comes before the next attempt)", err, dl.Format(time.RFC3339))
-		t.MaxAttempts = t.Attempt
-	}
-	if !errors.Is(err, ErrPermanent) && t.Attempt < t.MaxAttempts {
-		res.State = forq.StateFailed
-		w.put(log, res)
-		log.get().Warn("task failed; will retry", "err", err, "retry_in", delay.Round(time.Millisecond))
-		if nerr := t.msg.NakWithDelay(delay); nerr != nil {
-			log.get().Warn("nak failed; the task will be redelivered after the ack wait", "err", nerr)
-		}
-		w.observe(t, OutcomeRetried, res)
-		return
-	}
-	if derr := w.deadLetter(t, err); derr != nil {
-		// Keep the task: it is redelivered and dead-lettered again later.
-		log.get().Error("dead-letter failed; the task stays queued", "err", derr)
-		_ = t.msg.NakWithDelay(w.backoff(1))
-		return
-	}
-	w.ended(log, t)
-	res.State = forq.StateDead
-	w.put(log, res)
-	log.get().Error("task dead-lettered", "err", err, "attempts", t.Attempt)
-	if aerr := t.msg.Ack(); aerr != nil {
-		log.get().Warn("ack of dead-lettered task failed", "err", aerr)
-	}
-	w.observe(t, OutcomeDead, res)
-}
-
-func (w *Worker) deadLetter(t *Task, cause error) error {
-	m := nats.NewMsg(forq.DeadSubject(t.Queue))
-	m.Data = t.Payload
-	for k, vs := range t.Header {
-		// Nats-Schedule-Next and Nats-Scheduler (on a task a schedule
-		// fired) are the broker's own: a publish carrying them is refused.
-		if k == "Nats-Expected-Stream" || k == "Nats-TTL" || strings.HasPrefix(k, "Nats-Schedule") {
-			continue
-		}
-		m.Header[k] = slices.Clone(vs)
-	}
-	// The dead letter's de-duplication key is this delivery's: a worker
-	// that dies between publishing it and acking the task publishes the
-	// same key again and the broker keeps one letter, while the same task
-	// dying again later (retried, or enqueued again) gets a letter of its
-	// own.
-	key := t.ID
-	if md, err := t.msg.Metadata(); err == nil {
-		key += "/dead/" + strconv.FormatUint(md.Sequence.Stream, 10)
-	}
-	m.Header.Set(forq.HeaderID, key)
-	m.Header.Set(forq.HeaderTaskID, t.ID)
-	msg := cause.Error()
-	if len(msg) > 2048 {
-		msg = msg[:2048] + "…"
-	}
-	m.Header.Set(forq.HeaderError, sanitizeHeader(msg))
-	m.Header.Set(forq.HeaderAttempts, strconv.Itoa(t.Attempt))
-	m.Header.Set(forq.HeaderQueue, t.Queue)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	_, err := w.js.PublishMsg(ctx, m)
-	return err
-}
-
-// sanitizeHeader keeps a header value on one line.
-func sanitizeHeader(s string) string {
-	b := []byte(s)
-	for i, c := range b {
-		if c == '\r' || c == '\n' {
-			b[i] = ' '
-		}
-	}
-	return string(b)
-}
-
-func (w *Worker) backoff(attempt int) time.Duration {
-	d := w.cfg.RetryBase
-	for i := 1; i < attempt && d < w.cfg.RetryMax; i++ {
-		d *= 2
-	}
-	d = min(d, w.cfg.RetryMax)
-	return d/2 + rand.N(d/2+1)
-}
-
-// put records res; it reports whether the record was written.
-func (w *Worker) put(log *taskLog, res *forq.Result) bool {
-	b, err := json.Marshal(res)
-	if err == nil {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_, err = w.h.Results.Put(ctx, res.ID, b)
-	}
-	if err != nil {
-		log.get().Warn("recording the result failed", "state", res.State, "err", err)
-		return false
-	}
-	return true
 }

@@ -3,24 +3,23 @@ package consumer
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
-	"runtime"
 	"strings"
-	"sync"
-	"syscall"
 	"time"
 
 	"github.com/forqhq/forq"
+	"github.com/nats-io/nats.go"
 )
 
 // Defaults of ExecConfig.
 const (
 	DefaultExecMaxOutput = 1 << 20
 	DefaultExecKillGrace = 5 * time.Second
+	// DefaultExecAbortGrace is short: when a worker aborts (its
+	// supervisor died) nobody waits for it, and its whole pool is gone.
+	DefaultExecAbortGrace = 200 * time.Millisecond
 	// execStderrTail is how much of the end of stderr is kept.
 	execStderrTail = 4 << 10
 )
@@ -47,6 +46,16 @@ type ExecConfig struct {
 	// process group when its task times out or is canceled; 0 means
 	// DefaultExecKillGrace.
 	KillGrace time.Duration
+	// AbortGrace replaces KillGrace, if shorter, when the task's context
+	// was canceled because the worker aborts (ErrAborted: its supervisor
+	// died, see StopContext); 0 means DefaultExecAbortGrace.
+	AbortGrace time.Duration
+	// Conn is the connection on which the output of a task that asks for
+	// it (forq.ExecSpec.Stream) is published as the command writes it, on
+	// wire.OutputSubject; nil: it is not published. The worker's own
+	// connection is the one to give: a subscriber then has every chunk
+	// before it can see the task's result.
+	Conn *nats.Conn
 }
 
 // ExecHandler returns the handler of forq.TypeExec tasks. Register it with
@@ -58,14 +67,31 @@ type ExecConfig struct {
 // exit fail the attempt, to be retried per the task's attempts; a signal
 // fails it naming the signal. When the task's context ends (timeout,
 // cancel, the worker's grace is over) the whole process group gets SIGTERM,
-// then SIGKILL after KillGrace. The group is killed when the command exits,
-// so nothing it started in its group outlives it.
+// then SIGKILL after KillGrace; when the worker aborts (its supervisor
+// died), after AbortGrace. The group is killed when the command exits, so
+// nothing it started in its group outlives it.
+//
+// What is not covered: a worker killed outright (SIGKILL, the OOM killer)
+// runs none of this. Its command dies of its parent-death signal, but what
+// the command started (its children, in its process group) is not
+// signaled: it is reparented and runs on to its own end. A command that
+// starts children should make the last one itself (a shell script's exec),
+// or start them with a parent-death signal of their own (util-linux's
+// setpriv --pdeathsig KILL).
+//
+// Exec tasks need Linux (process groups with a parent-death signal). On
+// other systems the handler builds, so that a portable worker can register
+// it, but every exec task it is allowed to run fails at once, without
+// retries, with an error wrapping errors.ErrUnsupported and ErrPermanent.
 func ExecHandler(cfg ExecConfig) Handler {
 	if cfg.MaxOutput <= 0 {
 		cfg.MaxOutput = DefaultExecMaxOutput
 	}
 	if cfg.KillGrace <= 0 {
 		cfg.KillGrace = DefaultExecKillGrace
+	}
+	if cfg.AbortGrace <= 0 {
+		cfg.AbortGrace = DefaultExecAbortGrace
 	}
 	return &execHandler{cfg: cfg}
 }
@@ -96,76 +122,7 @@ func (h *execHandler) Handle(ctx context.Context, t *Task) ([]byte, error) {
 	if err := h.allowed(spec.Argv[0]); err != nil {
 		return nil, err
 	}
-	// The parent-death signal is tied to the thread that forks the child
-	// (golang/go#27505): keep this goroutine on its thread until the child
-	// has been reaped.
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-
-	cmd := exec.Command(spec.Argv[0], spec.Argv[1:]...)
-	cmd.Dir = spec.Dir
-	cmd.Env = append(execEnv(), spec.Env...)
-	if spec.Stdin != "" {
-		cmd.Stdin = strings.NewReader(spec.Stdin)
-	}
-	stdout := &boundedBuffer{max: h.cfg.MaxOutput}
-	stderr := &tailBuffer{max: execStderrTail}
-	cmd.Stdout, cmd.Stderr = stdout, stderr
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	// Something the command left in its group may hold the pipes: stop
-	// waiting for them shortly after the command exits.
-	cmd.WaitDelay = time.Second
-	start := time.Now()
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("exec %s: %w: %w", spec.Argv[0], err, ErrPermanent)
-	}
-	pgid := cmd.Process.Pid
-	exited := make(chan struct{})
-	var killers sync.WaitGroup
-	killers.Go(func() {
-		select {
-		case <-exited:
-			return
-		case <-ctx.Done():
-		}
-		_ = syscall.Kill(-pgid, syscall.SIGTERM)
-		timer := time.NewTimer(h.cfg.KillGrace)
-		defer timer.Stop()
-		select {
-		case <-exited:
-		case <-timer.C:
-			_ = syscall.Kill(-pgid, syscall.SIGKILL)
-		}
-	})
-	werr := cmd.Wait()
-	close(exited)
-	killers.Wait()
-	_ = syscall.Kill(-pgid, syscall.SIGKILL) // whatever it left behind
-	res := forq.ExecResult{
-		ExitCode:        cmd.ProcessState.ExitCode(),
-		Stdout:          stdout.String(),
-		StdoutTruncated: stdout.truncated,
-		StderrTail:      stderr.String(),
-		Duration:        time.Since(start),
-	}
-	if ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
-		res.Signal, res.SignalNumber = ws.Signal().String(), int(ws.Signal())
-	}
-	out, _ := json.Marshal(res)
-	var ee *exec.ExitError
-	switch {
-	case werr != nil && !errors.As(werr, &ee) && !errors.Is(werr, exec.ErrWaitDelay):
-		return out, fmt.Errorf("exec %s: %w", spec.Argv[0], werr)
-	case ctx.Err() != nil:
-		return out, context.Cause(ctx)
-	case res.Signal != "":
-		return out, fmt.Errorf("exec %s: killed by signal: %s%s", spec.Argv[0], res.Signal, tailNote(res.StderrTail))
-	case res.ExitCode == forq.ExitTempFail:
-		return out, fmt.Errorf("exec %s: exit status 75 (temporary failure, will retry)%s", spec.Argv[0], tailNote(res.StderrTail))
-	case res.ExitCode != 0:
-		return out, fmt.Errorf("exec %s: exit status %d%s", spec.Argv[0], res.ExitCode, tailNote(res.StderrTail))
-	}
-	return out, nil
+	return h.run(ctx, t.ID, spec)
 }
 
 func tailNote(s string) string {
@@ -189,6 +146,22 @@ func execEnv() []string {
 		}
 	}
 	return env
+}
+
+// publisher publishes each write as a message on subject: a chunk of
+// the command's output as it wrote it (exec.Cmd copies its pipe to the
+// writer as it reads). Publishing does not wait for the broker; a write
+// that cannot be published (the connection closed, its reconnect buffer
+// full) is lost to the stream, not to the result, and does not stop the
+// command.
+type publisher struct {
+	nc      *nats.Conn
+	subject string
+}
+
+func (p publisher) Write(b []byte) (int, error) {
+	_ = p.nc.Publish(p.subject, b)
+	return len(b), nil
 }
 
 // boundedBuffer keeps the first max bytes written to it.

@@ -3,34 +3,14 @@ package consumer
 import (
 	"time"
 
-	"github.com/forqhq/forq"
+	"github.com/forqhq/forq/internal/wire"
 )
 
-// OutcomeExpired: the task reached its deadline before any worker started
-// it and was dropped without running.
+// OutcomeExpired is the outcome of a task that reached its deadline before
+// any worker started it: it was dropped without running.
 const OutcomeExpired Outcome = "expired"
 
 // deadline returns the task's deadline, if it has a valid one.
 func deadline(t *Task) (time.Time, bool) {
-	s := t.Header.Get(forq.HeaderDeadline)
-	if s == "" {
-		return time.Time{}, false
-	}
-	dl, err := time.Parse(time.RFC3339Nano, s)
-	return dl, err == nil
-}
-
-// expire drops a task that nobody started before its deadline: recorded as
-// expired, removed from the queue, never run.
-func (w *Worker) expire(log *taskLog, t *Task, res *forq.Result, dl time.Time) {
-	w.ended(log, t)
-	res.State, res.Deadline = forq.StateExpired, dl
-	res.Error = "not started before its deadline " + dl.Format(time.RFC3339Nano)
-	res.FinishedAt = time.Now().UTC()
-	w.put(log, res)
-	if err := t.msg.Ack(); err != nil {
-		log.get().Warn("ack of expired task failed", "err", err)
-	}
-	log.get().Info("task expired before it started", "deadline", dl)
-	w.observe(t, OutcomeExpired, res)
+	return wire.Deadline(t.Header)
 }

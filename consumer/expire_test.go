@@ -8,6 +8,7 @@ import (
 
 	"github.com/forqhq/forq"
 	"github.com/forqhq/forq/consumer"
+	"github.com/forqhq/forq/internal/wire"
 	"github.com/forqhq/forq/producer"
 	"github.com/nats-io/nats.go"
 )
@@ -21,11 +22,11 @@ func TestExpiredTaskIsNotRun(t *testing.T) {
 	w.HandleFunc("x", func(ctx context.Context, task *consumer.Task) ([]byte, error) { ran.Add(1); return []byte("ran"), nil })
 	// As a worker that comes late sees it: the deadline has passed but
 	// the broker has not dropped it yet (no Nats-TTL here).
-	m := nats.NewMsg(forq.TaskSubject("exp"))
-	m.Header.Set(forq.HeaderID, "late")
-	m.Header.Set(forq.HeaderType, "x")
-	m.Header.Set(forq.HeaderRecord, "1")
-	m.Header.Set(forq.HeaderDeadline, time.Now().Add(-time.Second).UTC().Format(time.RFC3339Nano))
+	m := nats.NewMsg(wire.TaskSubject("exp"))
+	m.Header.Set("Nats-Msg-Id", "late")
+	m.Header.Set("Forq-Type", "x")
+	m.Header.Set("Forq-Record", "1")
+	m.Header.Set("Forq-Deadline", time.Now().Add(-time.Second).UTC().Format(time.RFC3339Nano))
 	if _, err := b.js.PublishMsg(t.Context(), m); err != nil {
 		t.Fatal(err)
 	}

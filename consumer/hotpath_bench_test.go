@@ -2,14 +2,16 @@ package consumer
 
 import (
 	"context"
-	"io"
 	"log/slog"
 	"strconv"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/forqhq/forq"
+	"github.com/forqhq/forq/internal/pull"
 	"github.com/forqhq/forq/internal/testutil"
+	"github.com/forqhq/forq/internal/wire"
 	"github.com/google/uuid"
 	"github.com/nats-io/nats.go"
 )
@@ -22,20 +24,22 @@ import (
 // their subjects. allocs/op is the figure to watch: it is exact, while
 // ns/op moves with the machine.
 
-// benchWorker is a worker as Run sets it up, without the pull loop.
-func benchWorker(b *testing.B, concurrency int) *Worker {
+// benchWorker is a worker as Run sets it up, without its pull engine:
+// deliveries come through an acker of their own.
+func benchWorker(b *testing.B, concurrency int) (*Worker, *pull.Acker) {
 	b.Helper()
 	s := testutil.Broker(b)
 	nc := testutil.Connect(b, s.ClientURL())
-	w, err := New(b.Context(), nc, Config{Queues: []string{"bench"}, Concurrency: concurrency, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	w, err := New(b.Context(), nc, Config{Queues: []string{"bench"}, Concurrency: concurrency, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		b.Fatal(err)
 	}
 	w.HandleFunc("bench.noop", func(context.Context, *Task) ([]byte, error) { return nil, nil })
-	w.acker = newAcker(nc, w.cfg.AckLinger)
-	go w.acker.run()
-	b.Cleanup(w.acker.close)
-	return w
+	a := pull.NewAcker(nc, w.cfg.AckLinger)
+	var acker sync.WaitGroup
+	acker.Go(a.Run)
+	b.Cleanup(func() { a.Close(); acker.Wait() })
+	return w, a
 }
 
 // benchDeliveries makes n deliveries of a default task as the broker
@@ -46,49 +50,27 @@ func benchDeliveries(n int) []*nats.Msg {
 	for i := range msgs {
 		seq := strconv.Itoa(i + 1)
 		msgs[i] = &nats.Msg{
-			Subject: forq.LevelSubject("bench", forq.PriorityNormal),
+			Subject: wire.LevelSubject("bench", forq.PriorityNormal),
 			Reply:   "$JS.ACK.FORQ_TASKS.bench.1." + seq + "." + seq + "." + ts + ".0",
-			Header:  nats.Header{forq.HeaderID: {uuid.NewString()}, forq.HeaderType: {"bench.noop"}},
+			Header:  nats.Header{"Nats-Msg-Id": {uuid.NewString()}, "Forq-Type": {"bench.noop"}},
 			Data:    make([]byte, 64),
 		}
 	}
 	return msgs
 }
 
-// BenchmarkProcess runs tasks one after another on one goroutine: the
-// decode, handler call and ack of each.
+// BenchmarkProcess runs tasks one after another on one runner: the
+// decode, handler call and ack of each, as the engine's runner calls
+// Deliver. (The engine's own part, the dispatch to runners, is
+// internal/pull's BenchmarkDispatchPath.)
 func BenchmarkProcess(b *testing.B) {
-	w := benchWorker(b, 1)
+	w, a := benchWorker(b, 1)
 	msgs := benchDeliveries(b.N)
-	r := &run{}
+	r := &runner{w: w}
 	ctx := b.Context()
 	b.ReportAllocs()
 	b.ResetTimer()
 	for i := range b.N {
-		w.acker.received()
-		w.process(ctx, r, "bench", forq.PriorityNormal, 30*time.Second, &taskMsg{m: msgs[i], nc: w.nc, ack: w.acker})
+		r.Deliver(ctx, pull.Delivery{Queue: "bench", Priority: forq.PriorityNormal, AckWait: 30 * time.Second, Msg: a.Msg(msgs[i])})
 	}
-}
-
-// BenchmarkDispatchPath runs tasks as the pull loop hands them over: each
-// takes a slot and goes through the dispatcher to a runner, which acks it
-// through the acker and frees its slot.
-func BenchmarkDispatchPath(b *testing.B) {
-	w := benchWorker(b, 256)
-	msgs := benchDeliveries(b.N)
-	ctx := b.Context()
-	d := newDispatcher(w, ctx)
-	b.ReportAllocs()
-	b.ResetTimer()
-	for i := range b.N {
-		w.acquire(ctx)
-		w.acker.received()
-		d.dispatch(job{queue: "bench", prio: forq.PriorityNormal, ackWait: 30 * time.Second, m: &taskMsg{m: msgs[i], nc: w.nc, ack: w.acker}})
-	}
-	d.mu.Lock()
-	runners := d.running
-	d.mu.Unlock()
-	b.ReportMetric(float64(runners), "runners")
-	d.close()
-	d.runners.Wait()
 }

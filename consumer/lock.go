@@ -10,11 +10,15 @@ import (
 	"time"
 
 	"github.com/forqhq/forq"
+	"github.com/forqhq/forq/internal/kvcas"
+	"github.com/forqhq/forq/internal/record"
+	"github.com/forqhq/forq/internal/unique"
+	"github.com/forqhq/forq/internal/wire"
 	"github.com/forqhq/forq/lock"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// Task locks (forq.HeaderLock) and unique keys (forq.HeaderUnique).
+// Task locks (header Forq-Lock) and unique keys (Forq-Unique).
 //
 // A worker that receives a task with a lock key takes the key's lock in
 // forq.BucketLocks (package lock) before it runs the task, and releases it
@@ -23,11 +27,12 @@ import (
 //
 // Waiting for a lock is not an attempt: a task may wait for as long as the
 // lock is busy and still get its MaxAttempts runs. Since the broker's
-// delivery count grows with every nak, the attempts of a task with a lock
-// are counted by its runs instead: the worker that holds the lock
-// increments a counter in forq.BucketLocks under "_runs.<task ID>" before
-// it runs the task (a worker that dies mid-run has used an attempt, as
-// without a lock), and deletes it when the task ends.
+// delivery count grows with every nak, the runs of a task with a lock are
+// counted instead: the worker that holds the lock increments a counter in
+// forq.BucketLocks under "_runs.<task ID>" before it runs the task, and
+// deletes it when the task ends. Attempts are then counted from runs as
+// they are from deliveries without a lock (attempts.go): a run lost
+// without an outcome is not a failure unless it ran alone.
 
 // DefaultLockWait is the first delay before a task whose lock is busy is
 // offered again; it doubles with each wait up to MaxLockWait.
@@ -49,12 +54,16 @@ type lockState struct {
 	err  error
 }
 
-// lockHold is a task's held lock, for the length of one delivery.
+// lockHold is a task's held lock, for the length of one delivery. Its
+// watch cancels the handler if the lock is lost; the delivery owns it,
+// and unlockTask stops it and waits for it.
 type lockHold struct {
 	mu     *lock.Mutex
 	cancel context.CancelCauseFunc
 	done   chan struct{}
+	watch  sync.WaitGroup
 	final  bool // the task ended: its run counter goes too
+	runs   int  // the task's run, this one included
 }
 
 // checkLockConfig validates and defaults the lock settings of cfg.
@@ -78,72 +87,63 @@ func (w *Worker) lockBucket() (*lock.Bucket, error) {
 	return w.locks.b, w.locks.err
 }
 
-// takeLock takes the lock of key for task t before it runs. It returns the
-// context to run the handler in (canceled if the lock is lost) and true;
-// or false when the task was handed back to wait for the lock, or failed,
-// and the delivery is over. On true, t.Attempt (and res.Attempts) count
-// the task's runs, this one included.
-func (w *Worker) takeLock(hard context.Context, log *taskLog, t *Task, res *forq.Result, key string) (context.Context, bool) {
+// takeLock takes the lock of key for the delivery's task before it runs.
+// It returns oRun, with d.hard the context to run the handler in
+// (canceled if the lock is lost) and t.lock.runs the task's run, this one
+// included (what attempts.go counts from, as a delivery count would); or
+// the outcome that ends the delivery: waiting for the lock, or failed.
+func (w *Worker) takeLock(d *delivery, key string) outcome {
+	t := d.t
 	b, err := w.lockBucket()
 	if err != nil {
-		w.fail(log, t, res, err)
-		return nil, false
+		d.err = err
+		return oFailed
 	}
-	mu, err := b.MutexAs(key, "task "+t.ID+" pid "+strconv.Itoa(w.pid)+" on "+w.host)
+	mu, err := b.MutexAs(key, "task "+t.ID+" pid "+strconv.Itoa(w.pid)+" on "+w.name)
 	if err != nil {
-		w.fail(log, t, res, fmt.Errorf("%w: header %s: %w", ErrPermanent, forq.HeaderLock, err))
-		return nil, false
+		d.err = fmt.Errorf("%w: %w", ErrPermanent, wire.BadLock(err))
+		return oFailed
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if err := mu.TryLock(ctx); err != nil {
-		w.waitLock(log, t, key, err)
-		return nil, false
+		return w.waitLock(d, key, err)
 	}
 	n, err := w.countRun(ctx, t.ID)
 	if err != nil {
 		_ = mu.Unlock(ctx)
-		w.waitLock(log, t, key, fmt.Errorf("count the run: %w", err))
-		return nil, false
+		return w.waitLock(d, key, fmt.Errorf("count the run: %w", err))
 	}
-	t.Attempt, res.Attempts = n, n
-	hctx, hcancel := context.WithCancelCause(hard)
-	h := &lockHold{mu: mu, cancel: hcancel, done: make(chan struct{})}
-	t.lock = h
-	go func() {
+	hctx, hcancel := context.WithCancelCause(d.hard)
+	h := &lockHold{mu: mu, cancel: hcancel, done: make(chan struct{}), runs: n}
+	h.watch.Go(func() {
 		select {
 		case <-mu.Lost():
 			hcancel(errLockLost)
 		case <-h.done:
 		}
-	}()
-	return hctx, true
+	})
+	t.lock, d.hard = h, hctx
+	return oRun
 }
 
-// waitLock hands t back to the broker to be offered again after a delay,
-// without counting an attempt.
-func (w *Worker) waitLock(log *taskLog, t *Task, key string, why error) {
+// waitLock ends a delivery whose lock could not be taken (why): the task
+// is offered again after a delay, without counting an attempt.
+func (w *Worker) waitLock(d *delivery, key string, why error) outcome {
 	deliveries := 1
-	if n, ok := numDelivered(t.msg.Reply()); ok {
-		deliveries = int(n)
+	if a, ok := wire.ParseAck(d.t.msg.Reply()); ok {
+		deliveries = int(a.Delivered)
 	}
-	d := w.cfg.LockWait
-	for i := 1; i < deliveries && d < MaxLockWait; i++ {
-		d *= 2
+	delay := w.cfg.LockWait
+	for i := 1; i < deliveries && delay < MaxLockWait; i++ {
+		delay *= 2
 	}
-	d = min(d, MaxLockWait)
-	d = d/2 + rand.N(d/2+1)
-	if !errors.Is(why, lock.ErrLocked) {
-		log.get().Warn("could not take the task's lock; retrying", "lock", key, "err", why, "retry_in", d)
-	} else if w.log.Enabled(context.Background(), -4) {
-		log.get().Debug("task's lock is busy; waiting", "lock", key, "retry_in", d)
+	delay = min(delay, MaxLockWait)
+	d.lockKey, d.err, d.delay = key, why, delay/2+rand.N(delay/2+1)
+	if errors.Is(why, lock.ErrLocked) {
+		return oLockBusy
 	}
-	if err := t.msg.NakWithDelay(d); err != nil {
-		log.get().Warn("nak failed; the task will be redelivered after the ack wait", "err", err)
-	}
-	// Not a task finished, nor one claimed toward MaxTasks.
-	w.processed.Add(-1)
-	w.unclaim(1)
+	return oLockTrouble
 }
 
 // unlockTask releases t's lock, if it holds one, at the end of its
@@ -155,6 +155,7 @@ func (w *Worker) unlockTask(log *taskLog, t *Task) {
 	}
 	t.lock = nil
 	close(h.done)
+	h.watch.Wait()
 	h.cancel(nil)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -182,7 +183,7 @@ func (w *Worker) countRun(ctx context.Context, id string) (int, error) {
 		if err == nil {
 			return 1, nil
 		}
-		if !lock.IsConflict(err) {
+		if !kvcas.IsConflict(err) {
 			return 0, err
 		}
 		e, err := w.h.Locks.Get(ctx, key)
@@ -194,11 +195,11 @@ func (w *Worker) countRun(ctx context.Context, id string) (int, error) {
 		}
 		n, _ := strconv.Atoi(string(e.Value()))
 		n++
-		_, err = lock.CASPut(ctx, w.js, forq.BucketLocks, key, []byte(strconv.Itoa(n)), e.Revision(), ttl)
+		_, err = kvcas.Put(ctx, w.js, forq.BucketLocks, key, []byte(strconv.Itoa(n)), e.Revision(), ttl)
 		if err == nil {
 			return n, nil
 		}
-		if !lock.IsConflict(err) {
+		if !kvcas.IsConflict(err) {
 			return 0, err
 		}
 	}
@@ -212,27 +213,13 @@ func (w *Worker) ended(log *taskLog, t *Task) {
 	if t.lock != nil {
 		t.lock.final = true
 	}
-	key := t.Header.Get(forq.HeaderUnique)
+	key := wire.UniqueKey(t.Header)
 	if key == "" {
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	k := forq.KVKey(key)
-	e, err := w.h.Unique.Get(ctx, k)
-	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return
-	}
-	if err == nil {
-		if string(e.Value()) != t.ID {
-			return // claimed by a newer task
-		}
-		err = w.h.Unique.Delete(ctx, k, jetstream.LastRevision(e.Revision()))
-		if lock.IsConflict(err) {
-			return
-		}
-	}
-	if err != nil {
+	if err := unique.New(w.js, w.h.Unique, record.New(w.h.Results)).Release(ctx, key, t.ID); err != nil {
 		log.get().Warn("releasing the unique key failed; it expires on its own", "unique", key, "err", err)
 	}
 }

@@ -30,8 +30,8 @@ import (
 	"time"
 
 	"github.com/forqhq/forq"
+	"github.com/forqhq/forq/internal/kvcas"
 	"github.com/forqhq/forq/internal/topology"
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -159,7 +159,7 @@ func (m *Mutex) TryLock(ctx context.Context) error {
 		return fmt.Errorf("lock %s: %w (by this Mutex)", m.key, ErrLocked)
 	}
 	rev, err := m.b.kv.Create(ctx, m.kvKey, m.holder, jetstream.KeyTTL(m.b.ttl))
-	if conflict(err) {
+	if kvcas.IsConflict(err) {
 		return fmt.Errorf("lock %s: %w", m.key, ErrLocked)
 	}
 	if err != nil {
@@ -201,7 +201,7 @@ func (m *Mutex) waitFree(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	defer w.Stop()
+	defer func() { _ = w.Stop() }() // its error says the watch was already stopped
 	// Look again at least every TTL: a watch may miss an expiry while the
 	// connection is down.
 	t := time.NewTimer(m.b.ttl)
@@ -242,7 +242,7 @@ func (m *Mutex) Unlock(ctx context.Context) error {
 	}
 	m.held = false
 	err := m.b.kv.Delete(ctx, m.kvKey, jetstream.LastRevision(m.rev))
-	if conflict(err) || errors.Is(err, jetstream.ErrKeyNotFound) {
+	if kvcas.IsConflict(err) || errors.Is(err, jetstream.ErrKeyNotFound) {
 		return fmt.Errorf("unlock %s: %w (it expired)", m.key, ErrNotHeld)
 	}
 	if err != nil {
@@ -281,7 +281,7 @@ func (m *Mutex) refresh(stop, done, lost chan struct{}, expires time.Time) {
 		m.mu.Unlock()
 		sent := time.Now()
 		ctx, cancel := context.WithDeadline(context.Background(), expires)
-		nrev, err := casPut(ctx, m.b.js, m.b.kv.Bucket(), m.kvKey, m.holder, rev, ttl)
+		nrev, err := kvcas.Put(ctx, m.b.js, m.b.kv.Bucket(), m.kvKey, m.holder, rev, ttl)
 		cancel()
 		switch {
 		case err == nil:
@@ -290,7 +290,7 @@ func (m *Mutex) refresh(stop, done, lost chan struct{}, expires time.Time) {
 			m.mu.Unlock()
 			expires = sent.Add(ttl)
 			t.Reset(ttl / 3)
-		case conflict(err) || time.Now().After(expires):
+		case kvcas.IsConflict(err) || time.Now().After(expires):
 			m.mu.Lock()
 			m.held = false
 			m.mu.Unlock()
@@ -302,41 +302,4 @@ func (m *Mutex) refresh(stop, done, lost chan struct{}, expires time.Time) {
 			t.Reset(min(ttl/10, time.Until(expires)/2) + time.Millisecond)
 		}
 	}
-}
-
-// CASPut writes value under key of bucket on the condition that revision
-// is the key's last, with a TTL of its own, and returns the new revision.
-// kv.Update cannot do it: its write has no TTL, so a refreshed entry would
-// never expire. A key changed since revision gives an error for which
-// IsConflict is true.
-func CASPut(ctx context.Context, js jetstream.JetStream, bucket, key string, value []byte, revision uint64, ttl time.Duration) (uint64, error) {
-	return casPut(ctx, js, bucket, key, value, revision, ttl)
-}
-
-func casPut(ctx context.Context, js jetstream.JetStream, bucket, key string, value []byte, revision uint64, ttl time.Duration) (uint64, error) {
-	m := &nats.Msg{Subject: "$KV." + bucket + "." + key, Header: nats.Header{}, Data: value}
-	opts := []jetstream.PublishOpt{jetstream.WithExpectLastSequencePerSubject(revision)}
-	if ttl > 0 {
-		opts = append(opts, jetstream.WithMsgTTL(ttl))
-	}
-	ack, err := js.PublishMsg(ctx, m, opts...)
-	if err != nil {
-		return 0, err
-	}
-	return ack.Sequence, nil
-}
-
-// IsConflict reports whether err says that a key was not in the state a
-// conditional write expected: it exists, or changed since a revision.
-func IsConflict(err error) bool { return conflict(err) }
-
-func conflict(err error) bool {
-	if err == nil {
-		return false
-	}
-	if errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
-		return true
-	}
-	var apiErr *jetstream.APIError
-	return errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence || apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant)
 }

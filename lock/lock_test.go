@@ -212,7 +212,7 @@ func TestLost(t *testing.T) {
 func TestMutualExclusion(t *testing.T) {
 	b, _ := open(t, lock.Options{})
 	ctx := t.Context()
-	var in, max, total atomic.Int32
+	var in, peak, total atomic.Int32
 	var wg sync.WaitGroup
 	for range 8 {
 		m := mutex(t, b, "shared")
@@ -224,8 +224,8 @@ func TestMutualExclusion(t *testing.T) {
 				}
 				n := in.Add(1)
 				for {
-					old := max.Load()
-					if n <= old || max.CompareAndSwap(old, n) {
+					old := peak.Load()
+					if n <= old || peak.CompareAndSwap(old, n) {
 						break
 					}
 				}
@@ -240,8 +240,8 @@ func TestMutualExclusion(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	if max.Load() != 1 || total.Load() != 40 {
-		t.Fatalf("at most %d holders at once (want 1), %d sections (want 40)", max.Load(), total.Load())
+	if peak.Load() != 1 || total.Load() != 40 {
+		t.Fatalf("at most %d holders at once (want 1), %d sections (want 40)", peak.Load(), total.Load())
 	}
 }
 

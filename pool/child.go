@@ -12,15 +12,18 @@ import (
 )
 
 // drainTimeout bounds how long a child's output is still read after the
-// child and its process group are gone. Only a descendant that left the
-// group and kept the pipes open makes it expire.
+// child and its process group are gone. A descendant in another group of
+// the child's session that keeps the pipes open holds the drain until the
+// reaper kills it (Config.OrphanGrace); only one that left the session, or
+// a longer OrphanGrace, makes it expire.
 const drainTimeout = time.Second
 
 // proc is one life of one child: one OS process, from start to reaping.
 type proc struct {
-	index   int
-	pid     int       // set before start reports success
-	started time.Time // idem
+	index    int
+	restarts int       // the slot's crash restarts before this child (EnvRestarts)
+	pid      int       // set before start reports success
+	started  time.Time // idem
 
 	mu     sync.Mutex
 	exited bool // the leader has exited and its group was killed; it may be reaped from now on
@@ -73,9 +76,14 @@ func (e exit) status() string {
 // (golang/go#27505). It never unlocks: the goroutine exits locked once the
 // child is reaped, and the runtime discards the thread.
 //
-// It reports the outcome of Start on ready (buffered), and, if the child
-// started, its exit on exits. It is the only caller of Wait for the child.
-func (s *Supervisor) runProc(p *proc, ready chan<- error, exits chan<- exit) {
+// It reports the outcome of Start on started (buffered), and, if the child
+// started: p on readies when the child first writes to its readiness pipe
+// (EnvReadyFD), then its exit on exits, always in that order. It is the only
+// caller of Wait for the child.
+//
+// It forks the child under rp's lock and tells rp when the child's session
+// ends (the child has exited) and when the child has been reaped.
+func (s *Supervisor) runProc(p *proc, rp *reaper, started chan<- error, readies chan<- *proc, exits chan<- exit) {
 	runtime.LockOSThread()
 
 	cfg := &s.cfg
@@ -84,28 +92,37 @@ func (s *Supervisor) runProc(p *proc, ready chan<- error, exits chan<- exit) {
 	cmd.Env = append(append(os.Environ(), cfg.Env...),
 		EnvIndex+"="+strconv.Itoa(p.index),
 		EnvPoolPID+"="+strconv.Itoa(os.Getpid()),
+		EnvRestarts+"="+strconv.Itoa(p.restarts),
+		EnvReadyFD+"="+strconv.Itoa(readyFD),
 	)
 	cmd.SysProcAttr = sysProcAttr()
 
 	// Our own pipes rather than io.Writers on exec.Cmd: Wait then returns
 	// as soon as the child exits, even if a descendant still holds the
-	// pipes, and we kill the group before we drain them.
-	var r, w [2]*os.File
+	// pipes, and we kill the group before we drain them. Pipes 0 and 1 are
+	// the child's stdout and stderr, pipe 2 its readiness pipe.
+	var r, w [3]*os.File
 	for i := range r {
 		var err error
 		if r[i], w[i], err = os.Pipe(); err != nil {
 			closeAll(r[:i]...)
 			closeAll(w[:i]...)
-			ready <- err
+			started <- err
 			return
 		}
 	}
 	cmd.Stdout, cmd.Stderr = w[0], w[1]
-	err := cmd.Start()
+	cmd.ExtraFiles = []*os.File{w[2]} // descriptor 3 = readyFD
+	err := rp.start(func() (int, error) {
+		if err := cmd.Start(); err != nil {
+			return 0, err
+		}
+		return cmd.Process.Pid, nil
+	})
 	closeAll(w[:]...)
 	if err != nil {
 		closeAll(r[:]...)
-		ready <- err
+		started <- err
 		return
 	}
 	p.pid, p.started = cmd.Process.Pid, time.Now()
@@ -113,10 +130,12 @@ func (s *Supervisor) runProc(p *proc, ready chan<- error, exits chan<- exit) {
 	for i, stream := range [2]string{"stdout", "stderr"} {
 		copiers.Go(func() { s.out.copyLines(r[i], p.index, p.pid, stream) })
 	}
-	ready <- nil
+	copiers.Go(func() { awaitReady(r[2], p, readies) })
+	started <- nil
 
 	// Wait for the exit without reaping, kill what is left of the group
-	// while the zombie still holds the group ID, then drain and reap.
+	// while the zombie still holds the group ID, have the reaper kill what
+	// is left of the session, then drain and reap.
 	// waitid can only fail here if the process is not our child, which
 	// cannot happen; the group is killed all the same, as the child's life
 	// is over either way.
@@ -126,6 +145,7 @@ func (s *Supervisor) runProc(p *proc, ready chan<- error, exits chan<- exit) {
 	_ = signalGroup(p.pid, syscall.SIGKILL)
 	p.exited = true
 	p.mu.Unlock()
+	rp.ended(p.pid, exitedAt)
 
 	drained := make(chan struct{})
 	go func() { copiers.Wait(); close(drained) }()
@@ -147,7 +167,30 @@ func (s *Supervisor) runProc(p *proc, ready chan<- error, exits chan<- exit) {
 		}
 	}
 	e.state = cmd.ProcessState
+	rp.reaped(p.pid)
 	exits <- e
+}
+
+// readyFD is the descriptor of the readiness pipe in the child, the first
+// after stdin, stdout and stderr.
+const readyFD = 3
+
+// awaitReady reads the readiness pipe to its end, and sends p on readies at
+// its first byte. Reading on after that keeps a child that writes more than
+// once from a broken pipe.
+func awaitReady(r *os.File, p *proc, readies chan<- *proc) {
+	var buf [64]byte
+	signalled := false
+	for {
+		n, err := r.Read(buf[:])
+		if n > 0 && !signalled {
+			signalled = true
+			readies <- p
+		}
+		if err != nil { // io.EOF, or os.ErrClosed after a drain timeout
+			return
+		}
+	}
 }
 
 func closeAll(files ...*os.File) {

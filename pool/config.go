@@ -19,6 +19,17 @@ const (
 	EnvIndex = "FORQ_POOL_INDEX"
 	// EnvPoolPID holds the PID of the supervising process.
 	EnvPoolPID = "FORQ_POOL_PID"
+	// EnvRestarts holds how many times the child's slot (its index) was
+	// restarted after a crash before this child was started ("0" for the
+	// first child of a slot): the crashes [Supervisor.Restarts] counts,
+	// failures to start included. Recycles (RecycleExitCode, MaxRSS) are
+	// not restarts and do not change it; the count carries over them.
+	EnvRestarts = "FORQ_POOL_RESTARTS"
+	// EnvReadyFD holds the number of the file descriptor ("3") on which the
+	// child tells the supervisor that it is ready: it writes a byte to it
+	// and closes it, as [Ready] does. See [Config.ReadyTimeout] for a child
+	// that never does.
+	EnvReadyFD = "FORQ_READY_FD"
 )
 
 // ExitRecycle is the default [Config.RecycleExitCode]: a child exiting with
@@ -35,6 +46,8 @@ const (
 	DefaultRSSInterval   = time.Second
 	DefaultScaleInterval = time.Second
 	DefaultIdleTimeout   = 5 * time.Second
+	DefaultReadyTimeout  = 10 * time.Second
+	DefaultOrphanGrace   = 200 * time.Millisecond
 )
 
 var (
@@ -42,9 +55,10 @@ var (
 	// cannot run; the message names the offending field.
 	ErrInvalidConfig = errors.New("pool: invalid config")
 	// ErrRestartStorm is wrapped by the error [Supervisor.Run] returns when a
-	// child crashed more than [Config.MaxRestarts] times within
-	// [Config.RestartWindow]. The message names the child, the number of
-	// crashes, the window and the child's last exit status.
+	// child failed to start more than [Config.MaxRestarts] times in a row
+	// within [Config.RestartWindow]: each time it exited before it was ready
+	// (see [Config.ReadyTimeout]). The message names the child, the number
+	// of failures, the window and the child's last exit status.
 	ErrRestartStorm = errors.New("pool: restart storm")
 	// ErrGraceExpired is wrapped by the error [Supervisor.Run] returns when
 	// some children did not exit within [Config.Grace] of being asked to stop
@@ -63,7 +77,8 @@ type Config struct {
 	// looked up in PATH when it contains no slash.
 	Command []string
 	// Env is extra environment for the children, appended to os.Environ().
-	// EnvIndex and EnvPoolPID are appended after it and win over it.
+	// EnvIndex, EnvPoolPID and EnvReadyFD are appended after it and win
+	// over it.
 	Env []string
 	// Dir is the children's working directory; empty means the
 	// supervisor's.
@@ -74,27 +89,67 @@ type Config struct {
 	// process group is SIGKILLed. It defaults to DefaultGrace (10s).
 	Grace time.Duration
 
-	// MaxRestarts is the restart-storm limit: more than MaxRestarts crashes
-	// of one child within RestartWindow stop the pool, and Run returns an
-	// error wrapping ErrRestartStorm. It defaults to DefaultMaxRestarts (5).
+	// MaxRestarts is the restart-storm limit: more than MaxRestarts failures
+	// to start of one child in a row within RestartWindow stop the pool, and
+	// Run returns an error wrapping ErrRestartStorm. A child fails to start
+	// when it exits before it is ready (see ReadyTimeout) with any exit
+	// status but RecycleExitCode, or is killed by a signal of its own making
+	// (SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT, SIGSYS, SIGTRAP). A crash
+	// after the child was ready never counts: a task that crashes its worker
+	// must not stop the pool. Nor does a death by any other signal (SIGKILL,
+	// SIGTERM, ...: an operator, the OOM killer), nor a recycle. A child that
+	// becomes ready clears its count. It defaults to DefaultMaxRestarts (5).
 	MaxRestarts int
-	// RestartWindow is the window of the restart-storm limit, and the run
-	// time after which a child's back-off is reset. It defaults to
+	// RestartWindow is the window of the restart-storm limit. It defaults to
 	// DefaultRestartWindow (10s).
 	RestartWindow time.Duration
+	// ReadyTimeout is how long a child may take to tell the supervisor that
+	// it is ready, by writing a byte to the file descriptor named by
+	// EnvReadyFD (see [Ready]). A child that has neither done so nor exited
+	// within ReadyTimeout of its start is deemed ready, so that a command
+	// that knows nothing of EnvReadyFD is ready once it has run that long.
+	// It defaults to DefaultReadyTimeout (10s).
+	ReadyTimeout time.Duration
 	// BackoffMin is the delay before the first restart of a crashed child.
 	// It defaults to DefaultBackoffMin (100ms). Each further crash doubles
 	// the delay. Each actual delay is up to 50% longer, at random, and never
-	// exceeds BackoffMax. A child that ran for RestartWindow or longer before
-	// it crashed starts over at BackoffMin.
+	// exceeds BackoffMax. A child that became ready starts over at
+	// BackoffMin: only children that keep failing to start wait longer and
+	// longer. A child that exits with RecycleExitCode is replaced at once,
+	// with no delay, unless it was not ready yet and had run for less than
+	// its current restart delay: it is then started again that delay after
+	// its previous start, and the delay doubles, so that a child that asks to
+	// be recycled at once every time is not restarted in a tight loop.
 	BackoffMin time.Duration
 	// BackoffMax caps the restart delay. It defaults to DefaultBackoffMax
 	// (10s).
 	BackoffMax time.Duration
 
+	// OrphanGrace is how long the processes a child leaves behind when it
+	// exits (the descendants still in its session, see the package doc) have
+	// between SIGTERM and SIGKILL. The child that should have stopped them is
+	// dead, so it is short. It defaults to DefaultOrphanGrace (200ms).
+	OrphanGrace time.Duration
+	// ReapAll says that the Supervisor is the only part of this process
+	// that starts child processes, so that it may reap any exited child of
+	// the process it did not start: a descendant that left its child's
+	// session (setsid, a daemon) and whose parent died is reparented to
+	// this process, and is reaped when it exits only with ReapAll. Without
+	// it, such a process stays a zombie once it exits, until this process
+	// exits. Do not set it if other code of the process starts processes
+	// (os/exec): their exit status could be taken from them. forq pool and
+	// forq run set it.
+	ReapAll bool
+
 	// RecycleExitCode is the exit code by which a child asks to be replaced
 	// (for instance after it ran its maximum number of tasks): it is
-	// replaced at once, and this is never counted as a crash. It defaults to
+	// replaced at once, and this is never counted as a crash nor toward a
+	// restart storm. A child that does so before it is ready, within its
+	// restart delay of its start (see BackoffMin), is replaced that delay
+	// after its start, and the delay grows as after a failure to start:
+	// a child that would recycle at once every time runs at most once per
+	// BackoffMax. A child that tells the pool it is ready (see [Ready])
+	// before its first task is always replaced at once. It defaults to
 	// ExitRecycle (100) and must be in 1..255.
 	RecycleExitCode int
 
@@ -147,10 +202,14 @@ type Config struct {
 	// Logger receives the supervisor's own events (start, exit, restart,
 	// scale, shutdown). It defaults to a logger that discards everything.
 	Logger *slog.Logger
-	// StructuredOutput writes each line of the children's output as an Info
-	// record on Logger (msg = the line, attributes child = index, pid and
-	// stream = "stdout" or "stderr") instead of the prefixed text on Stdout
-	// and Stderr. It requires Logger.
+	// StructuredOutput writes each line of the children's output as a
+	// record on Logger instead of the prefixed text on Stdout and Stderr.
+	// A line that is a JSON object (a child logging with
+	// slog.NewJSONHandler, say) becomes a record of its own: its "time",
+	// "level" and "msg", its other fields as attributes, plus child =
+	// index and pid (replacing the line's own child and pid fields). Any other line becomes an Info record with msg = the
+	// line and attributes stream = "stdout" or "stderr", child and pid.
+	// Records below Logger's level are dropped. It requires Logger.
 	StructuredOutput bool
 	// NoPrefix passes the children's output lines through unchanged, for
 	// children that say who they are themselves.
@@ -174,6 +233,7 @@ func (c Config) withDefaults() (Config, error) {
 		{"Grace", int64(c.Grace)},
 		{"MaxRestarts", int64(c.MaxRestarts)},
 		{"RestartWindow", int64(c.RestartWindow)},
+		{"ReadyTimeout", int64(c.ReadyTimeout)},
 		{"BackoffMin", int64(c.BackoffMin)},
 		{"BackoffMax", int64(c.BackoffMax)},
 		{"MaxRSS", c.MaxRSS},
@@ -182,6 +242,7 @@ func (c Config) withDefaults() (Config, error) {
 		{"Max", int64(c.Max)},
 		{"ScaleInterval", int64(c.ScaleInterval)},
 		{"IdleTimeout", int64(c.IdleTimeout)},
+		{"OrphanGrace", int64(c.OrphanGrace)},
 	} {
 		if f.v < 0 {
 			return invalid("%s is negative (%d)", f.name, f.v)
@@ -190,12 +251,14 @@ func (c Config) withDefaults() (Config, error) {
 	setDefault(&c.Grace, DefaultGrace)
 	setDefault(&c.MaxRestarts, DefaultMaxRestarts)
 	setDefault(&c.RestartWindow, DefaultRestartWindow)
+	setDefault(&c.ReadyTimeout, DefaultReadyTimeout)
 	setDefault(&c.BackoffMin, DefaultBackoffMin)
 	setDefault(&c.BackoffMax, DefaultBackoffMax)
 	setDefault(&c.RecycleExitCode, ExitRecycle)
 	setDefault(&c.RSSInterval, DefaultRSSInterval)
 	setDefault(&c.ScaleInterval, DefaultScaleInterval)
 	setDefault(&c.IdleTimeout, DefaultIdleTimeout)
+	setDefault(&c.OrphanGrace, DefaultOrphanGrace)
 	if c.BackoffMax < c.BackoffMin {
 		return invalid("BackoffMax (%v) is less than BackoffMin (%v)", c.BackoffMax, c.BackoffMin)
 	}

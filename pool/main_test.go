@@ -1,3 +1,5 @@
+//go:build linux
+
 package pool
 
 import (
@@ -9,6 +11,8 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -18,6 +22,7 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+	"golang.org/x/sys/unix"
 )
 
 // The test binary doubles as the child program and as a pool process, chosen
@@ -29,6 +34,7 @@ const (
 	envToken = "POOL_TEST_TOKEN" // marks every process a test starts, to find leftovers
 	envMs    = "POOL_TEST_MS"    // mode recycle: run time before exiting ExitRecycle
 	envMB    = "POOL_TEST_MB"    // mode alloc: MiB to allocate
+	envReady = "POOL_TEST_READY" // if set: call Ready first (modes recycle, crash)
 )
 
 // noRaceExitSleep stops a child built with -race from sleeping 1s at exit.
@@ -48,68 +54,114 @@ func TestMain(m *testing.M) {
 // as empty files "child-<pid>" ("grandchild-<pid>") in $POOL_TEST_DIR once
 // it is ready, that is once its signal handling is in place.
 func runChild(mode string) int {
+	for _, run := range []func(mode string) (code int, ok bool){signalModes, orphanModes, lifeModes} {
+		if code, ok := run(mode); ok {
+			return code
+		}
+	}
+	fmt.Fprintf(os.Stderr, "unknown %s %q\n", envChild, mode)
+	return 2
+}
+
+// signalModes are the children that show how the pool's signals reach
+// them and their groups. ok is false for another mode.
+func signalModes(mode string) (code int, ok bool) {
 	term := make(chan os.Signal, 1)
-	record := func(kind string, pid int) {
-		name := filepath.Join(os.Getenv(envDir), kind+"-"+strconv.Itoa(pid))
-		if err := os.WriteFile(name, []byte(os.Getenv(EnvIndex)), 0o644); err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			os.Exit(3)
-		}
-	}
-	sleepForever := func() {
-		for {
-			time.Sleep(time.Hour)
-		}
-	}
-	startGrandchild := func() {
-		cmd := exec.Command("sleep", "1000") // in our process group
-		if err := cmd.Start(); err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			os.Exit(3)
-		}
-		record("grandchild", cmd.Process.Pid)
-	}
 	switch mode {
 	case "forever": // run until SIGTERM, then exit 0
 		signal.Notify(term, syscall.SIGTERM)
-		record("child", os.Getpid())
+		recordPID("child", os.Getpid())
 		<-term
-		return 0
+		return 0, true
 	case "exit0":
-		record("child", os.Getpid())
-		return 0
+		recordPID("child", os.Getpid())
+		return 0, true
 	case "exit1":
-		return 1
+		return 1, true
 	case "ignore": // ignore SIGTERM
 		signal.Ignore(syscall.SIGTERM)
-		record("child", os.Getpid())
+		recordPID("child", os.Getpid())
 		sleepForever()
 	case "ignore-grandchild": // ignore SIGTERM, with a grandchild in our group
 		signal.Ignore(syscall.SIGTERM)
 		startGrandchild()
-		record("child", os.Getpid())
+		recordPID("child", os.Getpid())
 		sleepForever()
 	case "grandchild": // a grandchild in our group; on SIGTERM, kill our group, as forq workers do
 		signal.Notify(term, syscall.SIGTERM)
 		startGrandchild()
-		record("child", os.Getpid())
+		recordPID("child", os.Getpid())
 		<-term
 		_ = syscall.Kill(-syscall.Getpgrp(), syscall.SIGKILL)
 		sleepForever()
+	}
+	return 0, false
+}
+
+// orphanModes are the children that leave processes behind, as exec tasks
+// can. ok is false for another mode.
+func orphanModes(mode string) (code int, ok bool) {
+	scripts := map[string]string{
+		// an exec-task-like command whose shell and its child ignore SIGTERM
+		"orphan": `trap '' TERM; sleep 1000 & echo $! > "$0"; wait`,
+		// a shell that exits at once, leaving a 1.5s sleep
+		"orphan-alive": `sleep 1.5 & echo $! > "$0"`,
+		// idem, the sleep in a session of its own
+		"orphan-setsid": `setsid sleep 1.5 & echo $! > "$0"`,
+	}
+	script, ok := scripts[mode]
+	if !ok {
+		return 0, false
+	}
+	// Each runs until SIGTERM, then exits 0.
+	term := make(chan os.Signal, 1)
+	signal.Notify(term, syscall.SIGTERM)
+	startCommand(script)
+	recordPID("child", os.Getpid())
+	<-term
+	return 0, true
+}
+
+// lifeModes are the children that test readiness, exits, output and
+// memory. ok is false for another mode.
+func lifeModes(mode string) (code int, ok bool) {
+	term := make(chan os.Signal, 1)
+	switch mode {
 	case "recycle": // exit ExitRecycle after $POOL_TEST_MS ms
-		record("child", os.Getpid())
-		ms, _ := strconv.Atoi(os.Getenv(envMs))
-		time.Sleep(time.Duration(ms) * time.Millisecond)
-		return ExitRecycle
+		readyIf()
+		recordPID("child", os.Getpid())
+		sleepMs()
+		return ExitRecycle, true
+	case "crash": // exit 1 after $POOL_TEST_MS ms
+		readyIf()
+		recordPID("child", os.Getpid())
+		sleepMs()
+		return 1, true
+	case "panic": // panic at once (with GOTRACEBACK=crash: die by SIGABRT)
+		recordPID("child", os.Getpid())
+		_ = syscall.Setrlimit(syscall.RLIMIT_CORE, &syscall.Rlimit{}) // no core file
+		panic("test child panics")
+	case "ready": // call Ready after $POOL_TEST_MS ms, then run until SIGTERM
+		signal.Notify(term, syscall.SIGTERM)
+		recordPID("child", os.Getpid())
+		sleepMs()
+		if code := readyTwice(); code != 0 {
+			return code, true
+		}
+		recordPID("ready", os.Getpid())
+		<-term
+		return 0, true
 	case "print": // print lines, then run until SIGTERM
 		signal.Notify(term, syscall.SIGTERM)
 		fmt.Println("line one")
 		fmt.Println("line two")
 		fmt.Fprintln(os.Stderr, "oops")
+		fmt.Fprintln(os.Stderr, childJSONRecord)
+		fmt.Fprintln(os.Stderr, childBrokenJSON)
 		fmt.Print("partial")
-		record("child", os.Getpid())
+		recordPID("child", os.Getpid())
 		<-term
-		return 0
+		return 0, true
 	case "alloc": // hold $POOL_TEST_MB MiB of resident memory until SIGTERM
 		signal.Notify(term, syscall.SIGTERM)
 		mb, _ := strconv.Atoi(os.Getenv(envMB))
@@ -117,12 +169,96 @@ func runChild(mode string) int {
 		for i := 0; i < len(b); i += 4096 {
 			b[i] = 1
 		}
-		record("child", os.Getpid())
+		recordPID("child", os.Getpid())
 		<-term
-		return int(b[0]) - 1 // 0, and keeps b alive
+		return int(b[0]) - 1, true // 0, and keeps b alive
 	}
-	fmt.Fprintf(os.Stderr, "unknown %s %q\n", envChild, mode)
-	return 2
+	return 0, false
+}
+
+// readyTwice calls Ready, then again: a second call must be harmless (no
+// write to a closed or reused descriptor, the first call's result). It
+// returns the child's exit code on a failure, else 0.
+func readyTwice() int {
+	if err := Ready(); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 3
+	}
+	_, fdErr := unix.FcntlInt(readyFD, unix.F_GETFD, 0)
+	if err := Ready(); err != nil || os.Getenv(EnvReadyFD) != "" || fdErr == nil {
+		fmt.Fprintf(os.Stderr, "after Ready: second call %v, %s=%q, fd %d open: %v\n",
+			err, EnvReadyFD, os.Getenv(EnvReadyFD), readyFD, fdErr == nil)
+		return 3
+	}
+	return 0
+}
+
+// recordPID writes the empty file "<kind>-<pid>" (holding the child's pool
+// index) into $POOL_TEST_DIR.
+func recordPID(kind string, pid int) {
+	name := filepath.Join(os.Getenv(envDir), kind+"-"+strconv.Itoa(pid))
+	if err := os.WriteFile(name, []byte(os.Getenv(EnvIndex)), 0o644); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(3)
+	}
+}
+
+func sleepForever() {
+	for {
+		time.Sleep(time.Hour)
+	}
+}
+
+// startGrandchild starts a sleep in this process's group and records it.
+func startGrandchild() {
+	cmd := exec.Command("sleep", "1000") // in our process group
+	if err := cmd.Start(); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(3)
+	}
+	recordPID("grandchild", cmd.Process.Pid)
+}
+
+// startCommand runs script as consumer.execHandler runs an exec task:
+// sh in a process group of its own, with SIGKILL as its parent-death
+// signal. It records the shell as "command-<pid>" and the PID the script
+// writes to the file named by $0 as "orphan-<pid>".
+func startCommand(script string) {
+	runtime.LockOSThread() // for the parent-death signal; never unlocked
+	pidFile := filepath.Join(os.Getenv(envDir), "pid-"+strconv.Itoa(os.Getpid()))
+	cmd := exec.Command("sh", "-c", script, pidFile)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(3)
+	}
+	go func() { _ = cmd.Wait() }()
+	recordPID("command", cmd.Process.Pid)
+	for {
+		b, err := os.ReadFile(pidFile)
+		if pid, perr := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && perr == nil {
+			recordPID("orphan", pid)
+			return
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// readyIf calls Ready if $POOL_TEST_READY is set.
+func readyIf() {
+	if os.Getenv(envReady) == "" {
+		return
+	}
+	if err := Ready(); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(3)
+	}
+}
+
+// sleepMs sleeps $POOL_TEST_MS milliseconds.
+func sleepMs() {
+	ms, _ := strconv.Atoi(os.Getenv(envMs))
+	time.Sleep(time.Duration(ms) * time.Millisecond)
 }
 
 // runPool runs a pool of two "grandchild" children until it is killed.
@@ -183,7 +319,7 @@ func startPool(t *testing.T, cfg Config, mode string, env ...string) *testPool {
 	}
 	tp := &testPool{dir: t.TempDir(), token: newToken(), done: make(chan struct{})}
 	cfg.Command = []string{exe}
-	cfg.Env = append(env, envChild+"="+mode, envDir+"="+tp.dir, envToken+"="+tp.token, noRaceExitSleep)
+	cfg.Env = slices.Concat(env, []string{envChild + "=" + mode, envDir + "=" + tp.dir, envToken + "=" + tp.token, noRaceExitSleep})
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.NewTextHandler(t.Output(), nil))
 	}

@@ -5,6 +5,7 @@ package pool
 import (
 	"errors"
 	"fmt"
+	"os"
 	"runtime"
 	"syscall"
 )
@@ -19,4 +20,20 @@ func signalPID(int, syscall.Signal) error { return errors.ErrUnsupported }
 func signalGroup(int, syscall.Signal) error {
 	return errors.ErrUnsupported
 }
-func readRSS(int) (int64, error) { return 0, errors.ErrUnsupported }
+func killedFromOutside(*os.ProcessState) bool { return false }
+
+func notifyChildExits(chan<- os.Signal) {}
+func becomeSubreaper() (func(), error)  { return nil, errors.ErrUnsupported }
+
+type procInfo struct {
+	pid, ppid, sid int
+	zombie         bool
+}
+
+func listProcs() ([]procInfo, error)                 { return nil, errors.ErrUnsupported }
+func signalInSession(int, int, syscall.Signal) error { return errors.ErrUnsupported }
+func reapPID(int) (ok bool, ws syscall.WaitStatus)   { return false, ws }
+
+// RSS returns the resident set size of process pid in bytes; off Linux,
+// an error wrapping errors.ErrUnsupported.
+func RSS(int) (int64, error) { return 0, errors.ErrUnsupported }

@@ -17,8 +17,11 @@ import (
 // Child describes one running child process of a [Supervisor].
 type Child struct {
 	Index   int       // the child's index in the pool, as in its EnvIndex
-	PID     int       // its process ID, which is also its process group ID
+	PID     int       // its process ID, which is also its process group and session ID
 	Started time.Time // when it was started
+	// Ready is whether the child is ready: it signalled so (see [Ready]),
+	// or it has run for [Config.ReadyTimeout].
+	Ready bool
 }
 
 // Supervisor runs and supervises the children described by a [Config].
@@ -95,8 +98,12 @@ func (s *Supervisor) removeChild(index int) {
 }
 
 // Run starts the children and supervises them until the pool stops, then
-// returns once every child has been reaped and every goroutine Run started
-// has exited. A Supervisor can be run once; a second call returns an error.
+// returns once every child has been reaped, what the children left in
+// their sessions has been killed and reaped (see the package doc; Run waits
+// at most 5s for processes that will not die), and every goroutine Run
+// started has exited. While it runs, the process is a child subreaper
+// (PR_SET_CHILD_SUBREAPER). A Supervisor can be run once; a second call
+// returns an error.
 //
 // The pool stops when ctx is canceled, on a restart storm, or, with
 // UntilEmpty, when the backlog is zero or every child is done. Stopping
@@ -114,14 +121,15 @@ func (s *Supervisor) Run(ctx context.Context) error {
 		return errors.New("pool: Run called more than once")
 	}
 	if ctx.Err() != nil {
-		return nil
+		return nil //nolint:nilerr // stopped before any child started: none was killed, so nil
 	}
 	r := &runner{
-		s:     s,
-		cfg:   &s.cfg,
-		log:   s.cfg.Logger,
-		slots: make(map[int]*slot),
-		exits: make(chan exit),
+		s:       s,
+		cfg:     &s.cfg,
+		log:     s.cfg.Logger,
+		slots:   make(map[int]*slot),
+		readies: make(chan *proc),
+		exits:   make(chan exit),
 	}
 	return r.run(ctx)
 }
@@ -130,10 +138,15 @@ func (s *Supervisor) Run(ctx context.Context) error {
 // after a crash, recycle or memory excess takes the same slot.
 type slot struct {
 	index     int
-	proc      *proc     // the running child; nil while waiting for a restart
-	restartAt time.Time // when proc is nil: when to start it again
-	crashes   []time.Time
-	backoff   int // the exponent of the next restart delay
+	proc      *proc       // the running child; nil while waiting for a restart
+	restartAt time.Time   // when proc is nil: when to start it again
+	crashes   []time.Time // failures to start in a row, within RestartWindow
+	backoff   int         // the exponent of the next restart delay
+	restarts  int         // crash restarts of this slot so far (EnvRestarts)
+
+	// ready is whether the running child is ready: it signalled so or ran
+	// for ReadyTimeout. Reset at each start.
+	ready bool
 
 	// What was asked of the running child; reset at each start.
 	termAt  time.Time // when it was sent SIGTERM; zero if it was not
@@ -152,12 +165,14 @@ type backlog struct {
 // runner is the state of one Run. All of it is owned by the goroutine of
 // Run except what is noted.
 type runner struct {
-	s     *Supervisor
-	cfg   *Config
-	log   *slog.Logger
-	slots map[int]*slot
-	exits chan exit      // from the runProc goroutines
-	wg    sync.WaitGroup // runProc goroutines and the backlog poller
+	s       *Supervisor
+	cfg     *Config
+	log     *slog.Logger
+	slots   map[int]*slot
+	readies chan *proc     // from the runProc goroutines
+	exits   chan exit      // from the runProc goroutines
+	wg      sync.WaitGroup // runProc goroutines and the backlog poller
+	reaper  *reaper
 
 	stopping  bool
 	stopPoll  context.CancelFunc
@@ -180,6 +195,15 @@ func (r *runner) run(ctx context.Context) error {
 		rssC = t.C
 	}
 
+	undo, err := becomeSubreaper()
+	if err != nil {
+		return err
+	}
+	defer undo()
+	r.reaper = newReaper(r.cfg)
+	stopReaper, reaperDone := make(chan struct{}), make(chan struct{})
+	go func() { defer close(reaperDone); r.reaper.run(stopReaper) }()
+
 	pollCtx, stopPoll := context.WithCancel(context.WithoutCancel(ctx))
 	r.stopPoll = stopPoll
 	var backlogC chan backlog
@@ -188,7 +212,9 @@ func (r *runner) run(ctx context.Context) error {
 		r.wg.Go(func() { r.poll(pollCtx, backlogC) })
 	}
 
-	r.log.Info("pool starting", "size", r.cfg.Size, "command", r.cfg.Command)
+	// Debug: a command line is long, and may name what only its user
+	// should read; the caller knows better what to say of its children.
+	r.log.Debug("pool starting", "size", r.cfg.Size, "command", r.cfg.Command)
 	for i := range r.cfg.Size {
 		sl := &slot{index: i}
 		r.slots[i] = sl
@@ -199,7 +225,7 @@ func (r *runner) run(ctx context.Context) error {
 				r.shutdown("start failed")
 				break
 			}
-			r.crashed(sl, time.Now(), 0, "start: "+err.Error())
+			r.crashed(sl, time.Now(), "start: "+err.Error(), true)
 		}
 	}
 
@@ -210,6 +236,8 @@ func (r *runner) run(ctx context.Context) error {
 		case <-done:
 			done = nil
 			r.shutdown("context canceled")
+		case p := <-r.readies:
+			r.ready(p, "signalled")
 		case e := <-r.exits:
 			r.exited(e)
 		case now := <-timer.C:
@@ -225,6 +253,10 @@ func (r *runner) run(ctx context.Context) error {
 	}
 	stopPoll()
 	r.wg.Wait()
+	// Every child has been reaped: what they left behind is killed and
+	// reaped before Run returns.
+	close(stopReaper)
+	<-reaperDone
 
 	var errs []error
 	if r.stopErr != nil {
@@ -243,15 +275,16 @@ func (r *runner) run(ctx context.Context) error {
 
 // start starts the child of sl.
 func (r *runner) start(sl *slot) error {
-	p := &proc{index: sl.index}
-	ready := make(chan error, 1)
-	r.wg.Go(func() { r.s.runProc(p, ready, r.exits) })
-	if err := <-ready; err != nil {
+	p := &proc{index: sl.index, restarts: sl.restarts}
+	started := make(chan error, 1)
+	r.wg.Go(func() { r.s.runProc(p, r.reaper, started, r.readies, r.exits) })
+	if err := <-started; err != nil {
 		r.log.Error("child start failed", "child", sl.index, "err", err)
 		return err
 	}
 	sl.proc = p
 	sl.restartAt = time.Time{}
+	sl.ready = false
 	sl.termAt, sl.killAt, sl.killed, sl.retire, sl.replace = time.Time{}, time.Time{}, false, false, false
 	r.s.setChild(Child{Index: p.index, PID: p.pid, Started: p.started})
 	r.log.Info("child started", "child", p.index, "pid", p.pid)
@@ -261,11 +294,28 @@ func (r *runner) start(sl *slot) error {
 // startOrCrash starts sl's child, counting a failure to start as a crash.
 func (r *runner) startOrCrash(sl *slot) {
 	if err := r.start(sl); err != nil {
-		r.crashed(sl, time.Now(), 0, "start: "+err.Error())
+		r.crashed(sl, time.Now(), "start: "+err.Error(), true)
 	}
 }
 
-// arm sets timer to the earliest pending restart or kill deadline.
+// ready marks p's child ready (how says whether it signalled so or ran for
+// ReadyTimeout): its next crash is restarted after BackoffMin and does not
+// count toward a restart storm.
+func (r *runner) ready(p *proc, how string) {
+	sl := r.slots[p.index]
+	if sl == nil || sl.proc != p || sl.ready {
+		return
+	}
+	sl.ready = true
+	sl.backoff = 0
+	sl.crashes = nil
+	r.s.setChild(Child{Index: p.index, PID: p.pid, Started: p.started, Ready: true})
+	r.log.Info("child ready", "child", p.index, "pid", p.pid, "how", how,
+		"after", time.Since(p.started).Round(time.Millisecond))
+}
+
+// arm sets timer to the earliest pending restart, readiness or kill
+// deadline.
 func (r *runner) arm(timer *time.Timer) {
 	var next time.Time
 	earliest := func(t time.Time) {
@@ -277,8 +327,13 @@ func (r *runner) arm(timer *time.Timer) {
 		switch {
 		case sl.proc == nil && !r.stopping:
 			earliest(sl.restartAt)
-		case sl.proc != nil && !sl.killed:
-			earliest(sl.killAt)
+		case sl.proc != nil:
+			if !sl.killed {
+				earliest(sl.killAt)
+			}
+			if !sl.ready && !r.stopping {
+				earliest(sl.proc.started.Add(r.cfg.ReadyTimeout))
+			}
 		}
 	}
 	if next.IsZero() {
@@ -288,10 +343,14 @@ func (r *runner) arm(timer *time.Timer) {
 	timer.Reset(time.Until(next))
 }
 
-// deadlines restarts the children whose back-off is over and kills those
-// whose grace period is.
+// deadlines restarts the children whose back-off is over, deems ready
+// those that ran for ReadyTimeout without a word, and kills those whose
+// grace period is over.
 func (r *runner) deadlines(now time.Time) {
 	for _, sl := range r.sortedSlots() {
+		if sl.proc != nil && !sl.ready && !r.stopping && !now.Before(sl.proc.started.Add(r.cfg.ReadyTimeout)) {
+			r.ready(sl.proc, "ran for ReadyTimeout without signalling")
+		}
 		switch {
 		case sl.proc == nil && !r.stopping && !sl.restartAt.IsZero() && !now.Before(sl.restartAt):
 			r.startOrCrash(sl)
@@ -317,6 +376,7 @@ func (r *runner) exited(e exit) {
 	r.s.removeChild(p.index)
 	ran := e.at.Sub(p.started)
 	status := e.status()
+	wasReady := sl.ready
 	log := r.log.With("child", p.index, "pid", p.pid, "status", status, "ran", ran.Round(time.Millisecond))
 	recycled := e.state != nil && e.state.Exited() && e.state.ExitCode() == r.cfg.RecycleExitCode
 	clean := e.state != nil && e.state.Exited() && e.state.ExitCode() == 0
@@ -331,6 +391,23 @@ func (r *runner) exited(e exit) {
 		log.Info("child exited after exceeding MaxRSS, replacing it")
 		r.s.recycles.Add(1)
 		r.startOrCrash(sl)
+	case recycled && !wasReady:
+		// A child that asks to be replaced before it is ready would be
+		// restarted in a tight loop if it did so at once every time: it is
+		// replaced no sooner than its back-off after it started. One that
+		// lived that long is replaced at once, and its back-off does not
+		// grow.
+		r.s.recycles.Add(1)
+		delay := r.backoff(sl.backoff)
+		if ran >= delay {
+			log.Info("child asked to be recycled, replacing it")
+			r.startOrCrash(sl)
+			break
+		}
+		sl.backoff++
+		sl.restartAt = p.started.Add(delay)
+		log.Warn("child asked to be recycled before it was ready, replacing it after its back-off",
+			"delay", delay.Round(time.Millisecond))
 	case recycled:
 		log.Info("child asked to be recycled, replacing it")
 		r.s.recycles.Add(1)
@@ -338,33 +415,43 @@ func (r *runner) exited(e exit) {
 	case clean && r.cfg.UntilEmpty:
 		log.Info("child done")
 		delete(r.slots, p.index)
+	case wasReady:
+		r.crashed(sl, e.at, status, false)
 	default:
-		r.crashed(sl, e.at, ran, status)
+		// Killed from outside before it was ready (by an operator, the OOM
+		// killer): restarted, but not a sign that it cannot start.
+		r.crashed(sl, e.at, status, !killedFromOutside(e.state))
 	}
 }
 
-// crashed counts a crash of sl's child and schedules its restart, or stops
-// the pool on a restart storm.
-func (r *runner) crashed(sl *slot, at time.Time, ran time.Duration, status string) {
+// crashed schedules the restart of sl's crashed child after its back-off.
+// A failure to start (startFailed) is counted, and stops the pool when it
+// makes a restart storm.
+func (r *runner) crashed(sl *slot, at time.Time, status string, startFailed bool) {
 	window := r.cfg.RestartWindow
-	if ran >= window {
-		sl.backoff = 0
-	}
-	sl.crashes = slices.DeleteFunc(sl.crashes, func(t time.Time) bool { return at.Sub(t) >= window })
-	sl.crashes = append(sl.crashes, at)
-	if n := len(sl.crashes); n > r.cfg.MaxRestarts {
-		r.stopErr = fmt.Errorf("%w: child %d crashed %d times within %v (MaxRestarts %d); last: %s",
-			ErrRestartStorm, sl.index, n, window, r.cfg.MaxRestarts, status)
-		r.log.Error("restart storm, stopping the pool", "child", sl.index, "crashes", n, "window", window, "last", status)
-		r.shutdown("restart storm")
-		return
+	if startFailed {
+		sl.crashes = slices.DeleteFunc(sl.crashes, func(t time.Time) bool { return at.Sub(t) >= window })
+		sl.crashes = append(sl.crashes, at)
+		if n := len(sl.crashes); n > r.cfg.MaxRestarts {
+			r.stopErr = fmt.Errorf("%w: child %d failed to start %d times in a row within %v (MaxRestarts %d): "+
+				"each time it exited before it was ready; last: %s",
+				ErrRestartStorm, sl.index, n, window, r.cfg.MaxRestarts, status)
+			r.log.Error("restart storm, stopping the pool", "child", sl.index, "failures", n, "window", window, "last", status)
+			r.shutdown("restart storm")
+			return
+		}
 	}
 	delay := r.backoff(sl.backoff)
 	sl.backoff++
 	r.s.restarts.Add(1)
+	sl.restarts++
 	sl.restartAt = at.Add(delay)
-	r.log.Warn("child crashed, restarting", "child", sl.index, "status", status,
-		"delay", delay.Round(time.Millisecond), "crashes", len(sl.crashes), "window", window)
+	msg := "child crashed, restarting"
+	if startFailed {
+		msg = "child failed to start, restarting"
+	}
+	r.log.Warn(msg, "child", sl.index, "status", status,
+		"delay", delay.Round(time.Millisecond), "start_failures", len(sl.crashes), "window", window)
 }
 
 // backoff returns the restart delay after n earlier restarts: BackoffMin
@@ -426,7 +513,7 @@ func (r *runner) checkRSS() {
 		if sl.proc == nil || !sl.termAt.IsZero() {
 			continue
 		}
-		rss, err := readRSS(sl.proc.pid)
+		rss, err := RSS(sl.proc.pid)
 		if err != nil || rss <= r.cfg.MaxRSS {
 			continue // an error means the child is exiting: its exit will tell
 		}

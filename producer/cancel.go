@@ -2,13 +2,13 @@ package producer
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"slices"
 	"time"
 
 	"github.com/forqhq/forq"
+	"github.com/forqhq/forq/internal/kvcas"
+	"github.com/forqhq/forq/internal/record"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -22,17 +22,18 @@ func (p *Producer) Cancel(ctx context.Context, id string) error {
 	if id == "" {
 		return fmt.Errorf("cancel: %w: empty task ID", forq.ErrInvalidTask)
 	}
-	cur, err := p.results.Get(ctx, id)
-	if err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
+	records := record.New(p.results)
+	cur, rev, err := records.Get(ctx, id)
+	if errors.Is(err, record.ErrMalformed) {
+		return err
+	}
+	if err != nil {
 		return fmt.Errorf("cancel %s: %w", id, err)
 	}
-	r := &forq.Result{ID: id}
-	if err == nil {
-		if r, err = decode(id, cur.Value()); err != nil {
-			return err
-		}
-		if r.State.Final() {
-			return fmt.Errorf("cancel %s: %w: it is %s", id, forq.ErrFinished, r.State)
+	if cur != nil {
+		record.View(cur, time.Now())
+		if cur.State.Final() {
+			return fmt.Errorf("cancel %s: %w: it is %s", id, forq.ErrFinished, cur.State)
 		}
 	}
 	// A delayed task's schedule goes first, so that it never fires; the
@@ -44,31 +45,29 @@ func (p *Producer) Cancel(ctx context.Context, id string) error {
 		return fmt.Errorf("cancel %s: %w", id, err)
 	}
 	// A queued task shows as canceled at once; a running one is marked
-	// again by its worker when its handler has returned.
-	if r.State != forq.StateRunning {
-		r.State, r.Error = forq.StateCanceled, forq.ErrCanceled.Error()
-		b, _ := json.Marshal(r)
-		if cur != nil {
-			_, err = p.results.Update(ctx, id, b, cur.Revision())
-		} else {
-			_, err = p.results.Create(ctx, id, b)
-		}
-		if err != nil && !errors.Is(err, jetstream.ErrKeyExists) && !isWrongSequence(err) {
-			return fmt.Errorf("cancel %s: record: %w", id, err)
-		}
+	// again by its worker when its handler has returned (record.Cancel
+	// does not start from running), as is one whose record changed
+	// meanwhile.
+	next := forq.Result{ID: id}
+	if cur != nil {
+		next = *cur
+	}
+	next.State, next.Error = forq.StateCanceled, forq.ErrCanceled.Error()
+	err = records.Set(ctx, record.Cancel, id, cur, rev, &next)
+	if err != nil && !errors.Is(err, record.ErrNotAllowed) && !kvcas.IsConflict(err) {
+		return fmt.Errorf("cancel %s: record: %w", id, err)
 	}
 	return nil
 }
 
-func isWrongSequence(err error) bool {
-	var apiErr *jetstream.APIError
-	return errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence
-}
-
 // WaitMany waits until every task of ids has reached a final state and
 // returns their results in the order of ids, like multiprocessing's
-// Pool.map. It uses one KV watch for all of them, not polling. A task must
-// have been enqueued WithRecord; bound the wait with ctx.
+// Pool.map. It uses one KV watch for all of them, not polling, and watches
+// again when the connection to the broker drops (see Wait). A task must
+// have been enqueued WithRecord: when some were enqueued by this producer
+// without one and have no final record, WaitMany returns at once with an
+// error wrapping forq.ErrNotRecorded that says how many, and the final
+// results recorded so far. Bound the wait with ctx.
 func (p *Producer) WaitMany(ctx context.Context, ids []string) ([]*forq.Result, error) {
 	out := make([]*forq.Result, len(ids))
 	if len(ids) == 0 {
@@ -78,40 +77,84 @@ func (p *Producer) WaitMany(ctx context.Context, ids []string) ([]*forq.Result, 
 	for i, id := range ids {
 		index[id] = append(index[id], i)
 	}
-	// WatchFiltered rewrites the slice it is given into subjects.
-	w, err := p.results.WatchFiltered(ctx, slices.Clone(ids))
-	if err != nil {
-		return nil, fmt.Errorf("wait: %w", err)
-	}
-	defer w.Stop()
 	left := len(index)
-	for left > 0 {
-		select {
-		case <-ctx.Done():
-			return out, fmt.Errorf("wait: %d of %d tasks not finished: %w", left, len(index), ctx.Err())
-		case e, ok := <-w.Updates():
-			if !ok {
-				return out, errors.New("wait: watch closed")
+	for {
+		pending := make([]string, 0, left)
+		for id, is := range index {
+			if out[is[0]] == nil {
+				pending = append(pending, id)
 			}
-			if e == nil || e.Operation() != jetstream.KeyValuePut {
+		}
+		drop := p.conn.dropCh()
+		// WatchFiltered rewrites the slice it is given into subjects.
+		w, err := p.results.WatchFiltered(ctx, pending)
+		if err != nil {
+			if p.watchAgain(ctx, err) {
 				continue
 			}
-			is, ok := index[e.Key()]
-			if !ok || out[is[0]] != nil {
-				continue
+			return nil, fmt.Errorf("wait: %w", err)
+		}
+		again := false
+		for left > 0 && !again {
+			select {
+			case <-ctx.Done():
+				_ = w.Stop()
+				return out, fmt.Errorf("wait: %d of %d tasks not finished: %w", left, len(index), ctx.Err())
+			case <-drop:
+				// Watch again once the connection is back (see Wait).
+				again = true
+			case e, ok := <-w.Updates():
+				if !ok {
+					_ = w.Stop()
+					return out, errors.New("wait: watch closed")
+				}
+				if e == nil {
+					// The current values are in: a task enqueued here
+					// without a record that has no final one will not
+					// get one.
+					if never := p.neverRecorded(ctx, unfinished(ids, out)); len(never) > 0 {
+						_ = w.Stop()
+						return out, notRecorded(never, len(index))
+					}
+				}
+				if e == nil || e.Operation() != jetstream.KeyValuePut {
+					continue
+				}
+				is, ok := index[e.Key()]
+				if !ok || out[is[0]] != nil {
+					continue
+				}
+				r, err := record.Read(e.Key(), e.Value())
+				if err != nil {
+					_ = w.Stop()
+					return out, err
+				}
+				if !r.State.Final() {
+					continue
+				}
+				for _, i := range is {
+					out[i] = r
+				}
+				left--
 			}
-			r, err := decode(e.Key(), e.Value())
-			if err != nil {
-				return out, err
-			}
-			if !r.State.Final() {
-				continue
-			}
-			for _, i := range is {
-				out[i] = r
-			}
-			left--
+		}
+		_ = w.Stop()
+		if left == 0 {
+			break
 		}
 	}
 	return out, nil
+}
+
+// unfinished returns the IDs of ids without a result in out, each once.
+func unfinished(ids []string, out []*forq.Result) []string {
+	var u []string
+	seen := map[string]bool{}
+	for i, id := range ids {
+		if out[i] == nil && !seen[id] {
+			seen[id] = true
+			u = append(u, id)
+		}
+	}
+	return u
 }

@@ -210,20 +210,55 @@ func publishFastBatch(ctx context.Context, nc *nats.Conn, n int, build func(i in
 	defer func() { _ = sub.Unsubscribe() }()
 	_ = sub.SetPendingLimits(-1, -1)
 
-	acks := make([]pubAck, n)
-	bseq := make([]uint64, n) // each index's batch sequence; 0: not published
 	// The broker acks at least every flow messages, so that a window
 	// smaller than fastFlow is not left waiting for an ack.
 	flow := max(1, min(fastFlow, window/2))
-	prefix := inbox + "." + nuid.Next() + "." + strconv.Itoa(flow) + ".fail."
-	var (
-		reply    []byte
-		k        uint64 // batch sequence of the last message published
-		subject  string
-		stopped  bool // ctx ended, the broker ended the batch, or went silent
-		pubErr   error
-		lastMove = time.Now()
-	)
+	p := fastPublisher{
+		nc:       nc,
+		b:        b,
+		prefix:   inbox + "." + nuid.Next() + "." + strconv.Itoa(flow) + ".fail.",
+		window:   window,
+		timeout:  timeout,
+		lastMove: time.Now(),
+	}
+	acks := make([]pubAck, n)
+	bseq := make([]uint64, n) // each index's batch sequence; 0: not published
+	p.publishAll(ctx, n, build, acks, bseq)
+	if p.k == 0 {
+		return acks, p.pubErr
+	}
+	p.commit(ctx)
+	_ = sub.Unsubscribe()
+
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if err := b.refusedWhole(); err != nil {
+		return nil, err
+	}
+	b.outcomes(ctx, acks, bseq, p.pubErr, timeout)
+	return acks, nil
+}
+
+// fastPublisher is the sending side of one fast batch. It lives for one
+// publishFastBatch call and reuses its reply buffer for every message.
+type fastPublisher struct {
+	nc       *nats.Conn
+	b        *fastBatch
+	prefix   string // each reply subject up to the batch sequence
+	window   int
+	timeout  time.Duration
+	reply    []byte
+	k        uint64 // batch sequence of the last message published
+	subject  string // subject of the last message published
+	stopped  bool   // ctx ended, the broker ended the batch, or went silent
+	pubErr   error  // the publish that failed, which stopped the batch
+	lastMove time.Time
+}
+
+// publishAll publishes the messages build returns for 0..n-1, recording in
+// acks the error of each one it could not build or publish and in bseq the
+// batch sequence of each one it published.
+func (p *fastPublisher) publishAll(ctx context.Context, n int, build func(i int) (*nats.Msg, error), acks []pubAck, bseq []uint64) {
 	for i := range n {
 		m, err := build(i)
 		if m == nil {
@@ -232,71 +267,95 @@ func publishFastBatch(ctx context.Context, nc *nats.Conn, n int, build func(i in
 			}
 			continue
 		}
-		if stopped {
+		if !p.waitRoom(ctx) {
 			acks[i] = pubAck{err: errors.New("not published: the batch ended before this task")}
 			continue
 		}
-		// Keep at most window messages beyond the last flow ack.
-		for !stopped {
-			b.mu.Lock()
-			ok := k-b.acked < uint64(window) && b.failed == 0 && !b.done
-			b.mu.Unlock()
-			if ok {
-				break
-			}
-			if b.stopped() {
-				stopped = true
-				break
-			}
-			stopped = !b.waitMove(ctx, &lastMove, timeout)
-		}
-		if stopped {
-			acks[i] = pubAck{err: errors.New("not published: the batch ended before this task")}
-			continue
-		}
-		k++
-		op := fastOpAppend
-		if k == 1 {
-			op = fastOpStart
-		}
-		reply = append(append(strconv.AppendUint(append(reply[:0], prefix...), k, 10), '.'), byte('0'+op))
-		reply = append(reply, ".$FI"...)
-		m.Reply, subject = string(reply), m.Subject
-		bseq[i] = k
-		if err := nc.PublishMsg(m); err != nil {
-			pubErr, stopped = err, true
+		if bseq[i], err = p.publish(m); err != nil {
 			acks[i] = pubAck{err: err}
-			bseq[i] = 0
-			k--
 		}
 	}
-	if k == 0 {
-		return acks, pubErr
-	}
-	// Commit: an empty end-of-batch message, which is not stored. It is
-	// sent after a refusal too: a message refused before it reached the
-	// batch leaves a gap, which the broker finds at the next message and
-	// commits the batch up to it.
-	if pubErr == nil && !b.over() && ctx.Err() == nil {
-		eob := &nats.Msg{Subject: subject}
-		eob.Reply = prefix + strconv.FormatUint(k+1, 10) + "." + strconv.Itoa(fastOpCommitEOB) + ".$FI"
-		pubErr = nc.PublishMsg(eob)
-	}
-	for pubErr == nil && !b.over() && b.waitMove(ctx, &lastMove, timeout) {
-	}
-	_ = sub.Unsubscribe()
+}
 
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.failed == 1 && b.acked == 0 {
-		var code int
-		if f := b.failErr; f != nil {
-			code = errCode(f)
+// waitRoom waits until the batch may take one more message: at most
+// window beyond the last flow ack. It reports false, and the batch is
+// stopped from then on, when the broker ended the batch, ctx ended or the
+// broker went silent for the timeout.
+func (p *fastPublisher) waitRoom(ctx context.Context) bool {
+	for !p.stopped {
+		if p.b.room(p.k, p.window) {
+			return true
 		}
-		if code == errCodeBatchDisabled || code == errCodeBatchInflight {
-			return nil, fmt.Errorf("%w: %w", errBatchRefused, b.failErr)
+		if p.b.stopped() {
+			p.stopped = true
+			break
 		}
+		p.stopped = !p.b.waitMove(ctx, &p.lastMove, p.timeout)
 	}
+	return false
+}
+
+// publish sends m as the batch's next message and returns its batch
+// sequence. A failed publish stops the batch; its sequence is then 0.
+func (p *fastPublisher) publish(m *nats.Msg) (uint64, error) {
+	p.k++
+	op := fastOpAppend
+	if p.k == 1 {
+		op = fastOpStart
+	}
+	p.reply = append(append(strconv.AppendUint(append(p.reply[:0], p.prefix...), p.k, 10), '.'), byte('0'+op))
+	p.reply = append(p.reply, ".$FI"...)
+	m.Reply, p.subject = string(p.reply), m.Subject
+	if err := p.nc.PublishMsg(m); err != nil {
+		p.pubErr, p.stopped = err, true
+		p.k--
+		return 0, err
+	}
+	return p.k, nil
+}
+
+// commit ends the batch with an empty end-of-batch message, which is not
+// stored, and waits for the broker's last answers. It is sent after a
+// refusal too: a message refused before it reached the batch leaves a
+// gap, which the broker finds at the next message and commits the batch
+// up to it.
+func (p *fastPublisher) commit(ctx context.Context) {
+	if p.pubErr == nil && !p.b.over() && ctx.Err() == nil {
+		eob := &nats.Msg{Subject: p.subject}
+		eob.Reply = p.prefix + strconv.FormatUint(p.k+1, 10) + "." + strconv.Itoa(fastOpCommitEOB) + ".$FI"
+		p.pubErr = p.nc.PublishMsg(eob)
+	}
+	for p.pubErr == nil && !p.b.over() && p.b.waitMove(ctx, &p.lastMove, p.timeout) {
+	}
+}
+
+// room reports whether the broker has not ended the batch and the message
+// after batch sequence k is within window of its last flow ack.
+func (b *fastBatch) room(k uint64, window int) bool {
+	b.mu.Lock()
+	ok := k-b.acked < uint64(window) && b.failed == 0 && !b.done
+	b.mu.Unlock()
+	return ok
+}
+
+// refusedWhole returns errBatchRefused when the broker refused the batch
+// at its first message for a reason of the batch as a whole and stored
+// nothing, or nil. b.mu is held.
+func (b *fastBatch) refusedWhole() error {
+	if b.failed != 1 || b.acked != 0 {
+		return nil
+	}
+	switch errCode(b.failErr) {
+	case errCodeBatchDisabled, errCodeBatchInflight:
+		return fmt.Errorf("%w: %w", errBatchRefused, b.failErr)
+	}
+	return nil
+}
+
+// outcomes sets in acks the outcome of each message published, by its
+// batch sequence in bseq, from the broker's answers; pubErr is the publish
+// that failed, if one did. b.mu is held.
+func (b *fastBatch) outcomes(ctx context.Context, acks []pubAck, bseq []uint64, pubErr error, timeout time.Duration) {
 	notStored := errors.New("not stored: the broker stopped the batch at an earlier task")
 	if b.failed != 0 {
 		notStored = fmt.Errorf("not stored: the broker stopped the batch at an earlier task's error: %w", b.failErr)
@@ -325,7 +384,6 @@ func publishFastBatch(ctx context.Context, nc *nats.Conn, n int, build func(i in
 			acks[i] = pubAck{err: fmt.Errorf("%w within %s", ErrNoAck, timeout)}
 		}
 	}
-	return acks, nil
 }
 
 // waitMove waits for an answer from the broker. It reports false when ctx

@@ -8,15 +8,15 @@ package producer
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"math"
-	"strconv"
 	"time"
 
 	"github.com/forqhq/forq"
+	"github.com/forqhq/forq/internal/kvcas"
+	"github.com/forqhq/forq/internal/record"
 	"github.com/forqhq/forq/internal/topology"
+	"github.com/forqhq/forq/internal/wire"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -61,8 +61,22 @@ type Producer struct {
 	ackTimeout time.Duration
 	// batching: forq.StreamTasks takes fast batch publishes.
 	batching bool
-	clock    clock // the broker's clock as this producer sees it
-	unique   uniqueKeys
+	// tasks is forq.StreamTasks as New found it: its info says the
+	// version of the server that leads it (see topology.Require).
+	tasks  jetstream.Stream
+	clock  clock // the broker's clock as this producer sees it
+	unique uniqueKeys
+	// conn cancels publishes cut off by a connection drop; retryWindow
+	// bounds how long after its first try Enqueue publishes a task again
+	// (see retry.go).
+	conn        *connWatch
+	retryWindow time.Duration
+	apiTimeout  time.Duration // the JetStream client's default timeout
+	// unrecorded: the last tasks enqueued without a record, which Wait
+	// does not wait for (see unrecorded.go).
+	unrecorded unrecorded
+	// counts are what Collector reports.
+	counts queueCounts
 }
 
 // Info describes an enqueued task.
@@ -81,7 +95,9 @@ type Info struct {
 }
 
 // New returns a Producer on nc, declaring forq's streams and results bucket
-// if they do not exist yet.
+// if they do not exist yet. The error wraps forq.ErrStorageFull when the
+// broker cannot answer because its disk is full, and forq.ErrServerTooOld
+// when it is older than NATS 2.11 (see the README's "Server versions").
 func New(ctx context.Context, nc *nats.Conn, cfg Config) (*Producer, error) {
 	if cfg.Window < 0 {
 		return nil, fmt.Errorf("producer: %w: window %d is negative", forq.ErrInvalidOption, cfg.Window)
@@ -105,123 +121,45 @@ func New(ctx context.Context, nc *nats.Conn, cfg Config) (*Producer, error) {
 		DuplicateWindow: cfg.DuplicateWindow,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("producer: %w", err)
+		sc := storageCheck{ctx: ctx, nc: nc}
+		return nil, fmt.Errorf("producer: %w", sc.wrap(err))
 	}
-	return &Producer{nc: nc, js: js, results: h.Results, cancels: h.Cancel, window: cfg.Window, ackTimeout: cfg.AckTimeout, batching: h.Batching, clock: clock{now: cfg.Clock}, unique: uniqueKeys{kv: h.Unique, ttl: cfg.UniqueTTL}}, nil
-}
-
-// Option changes how a task is enqueued; it overrides the Task's field.
-type Option func(*forq.Task) error
-
-// WithQueue sends the task to queue.
-func WithQueue(queue string) Option {
-	return func(t *forq.Task) error {
-		if err := forq.ValidateQueue(queue); err != nil {
-			return fmt.Errorf("%w: %w", forq.ErrInvalidOption, err)
-		}
-		t.Queue = queue
-		return nil
-	}
-}
-
-// WithMaxAttempts lets the task run at most n times (n ≥ 1).
-func WithMaxAttempts(n int) Option {
-	return func(t *forq.Task) error {
-		if n < 1 {
-			return fmt.Errorf("%w: max attempts %d is less than 1", forq.ErrInvalidOption, n)
-		}
-		t.MaxAttempts = n
-		return nil
-	}
-}
-
-// WithTimeout bounds each attempt of the task to d (d > 0).
-func WithTimeout(d time.Duration) Option {
-	return func(t *forq.Task) error {
-		if d <= 0 {
-			return fmt.Errorf("%w: timeout %s is not positive", forq.ErrInvalidOption, d)
-		}
-		t.Timeout = d
-		return nil
-	}
-}
-
-// WithID gives the task its ID, e.g. one derived from the work so that a
-// retried enqueue is dropped as a duplicate.
-func WithID(id string) Option {
-	return func(t *forq.Task) error {
-		if id == "" {
-			return fmt.Errorf("%w: empty task ID", forq.ErrInvalidOption)
-		}
-		t.ID = id
-		return nil
-	}
-}
-
-// WithDeadline makes the task expire if no worker has started it by t:
-// the broker drops it and it ends in state expired without running.
-func WithDeadline(t time.Time) Option {
-	return func(task *forq.Task) error {
-		if !t.After(time.Now()) {
-			return fmt.Errorf("%w: deadline %s is not in the future", forq.ErrInvalidOption, t.Format(time.RFC3339))
-		}
-		task.Deadline = t
-		return nil
-	}
-}
-
-// WithExpiresIn makes the task expire if no worker has started it within d.
-func WithExpiresIn(d time.Duration) Option {
-	return func(task *forq.Task) error {
-		if d <= 0 {
-			return fmt.Errorf("%w: expiry %s is not positive", forq.ErrInvalidOption, d)
-		}
-		task.Deadline = time.Now().Add(d)
-		return nil
-	}
-}
-
-// errExpired is the error recorded for an expired task.
-const errExpired = "not started before its deadline"
-
-// WithPriority sets the task's priority level within its queue: workers
-// start high tasks before normal ones, and normal ones before low ones.
-// forq.ParsePriority reads a level from a string.
-func WithPriority(p forq.Priority) Option {
-	return func(t *forq.Task) error {
-		if !p.Valid() {
-			return fmt.Errorf("%w: priority %d: use forq.PriorityLow, forq.PriorityNormal or forq.PriorityHigh", forq.ErrInvalidOption, p)
-		}
-		t.Priority = p
-		return nil
-	}
-}
-
-// WithRecord asks workers to record the task's state and result so that
-// Wait and Result can find it.
-func WithRecord() Option {
-	return func(t *forq.Task) error {
-		t.Record = true
-		return nil
-	}
+	return &Producer{nc: nc, js: js, results: h.Results, cancels: h.Cancel, window: cfg.Window, ackTimeout: cfg.AckTimeout, batching: h.Batching, tasks: h.Tasks, clock: clock{now: cfg.Clock}, unique: uniqueKeys{kv: h.Unique, ttl: cfg.UniqueTTL},
+		conn: watchConn(nc), retryWindow: h.Tasks.CachedInfo().Config.Duplicates * 9 / 10, apiTimeout: js.Options().DefaultTimeout}, nil
 }
 
 // Enqueue publishes one task and returns once the broker has stored it.
-// Errors wrap forq.ErrInvalidTask, forq.ErrInvalidQueue,
-// forq.ErrInvalidOption or forq.ErrPayloadTooLarge for bad input, or the
-// broker's error.
+// It rides out a broker restart: a publish cut off by the connection's drop,
+// or that finds the broker's JetStream not up yet, is sent again (with the
+// same task ID, so the broker stores the task once) until ctx ends, for at
+// most nine tenths of the stream's duplicate window. Errors wrap
+// forq.ErrInvalidTask, forq.ErrInvalidQueue, forq.ErrInvalidOption or
+// forq.ErrPayloadTooLarge for bad input, forq.ErrStorageFull when the
+// broker has no room for the task (its storage limit reached, or its disk
+// full: see broker.Server.Health), forq.ErrServerTooOld for a delayed task
+// on a broker older than NATS 2.12, or the broker's error (the context's
+// error when ctx ended first).
 func (p *Producer) Enqueue(ctx context.Context, task forq.Task, opts ...Option) (*Info, error) {
-	msg, err := p.prepare(ctx, &task, opts)
+	msg, err := p.prepare(ctx, &task, collect(opts))
 	if id, ok := duplicateOf(err); ok {
+		p.counts.of(task.Queue).duplicates.Add(1)
 		return &Info{ID: id, Queue: task.Queue, Duplicate: true}, nil
 	}
 	if err != nil {
 		return nil, err
 	}
-	ack, err := p.js.PublishMsg(ctx, msg)
+	ack, err := p.publish(ctx, msg)
 	if err != nil {
+		p.counts.of(task.Queue).failed.Add(1)
 		p.forget(task)
-		return nil, fmt.Errorf("enqueue %s: %w", task.ID, err)
+		sc := storageCheck{ctx: ctx, nc: p.nc}
+		return nil, fmt.Errorf("enqueue %s: %w", task.ID, sc.wrap(err))
+	}
+	if ack.Duplicate {
+		p.counts.of(task.Queue).duplicates.Add(1)
+	} else {
+		p.counts.of(task.Queue).enqueued.Add(1)
+		p.unrecorded.note(&task)
 	}
 	return &Info{ID: task.ID, Queue: task.Queue, Sequence: ack.Sequence, Duplicate: ack.Duplicate}, nil
 }
@@ -275,15 +213,61 @@ func (p *Producer) EnqueueMany(ctx context.Context, tasks []forq.Task, opts ...O
 	// Every task is checked (and its unique key and record taken) before
 	// any is published; each message is built again as it is published,
 	// in one reused buffer.
-	buf := newMsgBuf()
-	skip := make([]bool, len(tasks))
-	var dups map[int]string // tasks whose unique key another task holds
+	buf := wire.NewMsg()
+	o := collect(opts)
 	// Tasks whose IDs are made here are new to the broker: they can go as
 	// one fast batch, which does not say which tasks were duplicates.
-	fast := p.batching && !setsID(opts)
+	fast := p.batching && !o.id.ok
 	for i := range tasks {
 		fast = fast && tasks[i].ID == ""
-		err := p.check(ctx, &tasks[i], opts, buf)
+	}
+	skip, dups, err := p.checkMany(ctx, tasks, o, buf)
+	if err != nil {
+		return nil, err
+	}
+	n := 0
+	for i := range tasks {
+		if !skip[i] {
+			n++
+			fast = fast && !scheduled(&tasks[i])
+		}
+	}
+	build := func(i int) (*nats.Msg, error) {
+		if skip[i] {
+			return nil, nil
+		}
+		if err := p.encode(ctx, &tasks[i], buf); err != nil {
+			return nil, err
+		}
+		return &buf.Msg, nil
+	}
+	var acks []pubAck
+	if fast && n > 1 {
+		acks, err = publishFastBatch(ctx, p.nc, len(tasks), build, p.window, p.ackTimeout)
+	}
+	if acks == nil && (err == nil || errors.Is(err, errBatchRefused)) {
+		acks, err = publishBatch(ctx, p.nc, len(tasks), build, p.window, p.ackTimeout)
+	}
+	sc := storageCheck{ctx: ctx, nc: p.nc}
+	if err != nil {
+		for i := range tasks {
+			if !skip[i] {
+				p.counts.of(tasks[i].Queue).failed.Add(1)
+			}
+			p.forget(tasks[i])
+		}
+		return nil, fmt.Errorf("enqueue: %w", sc.wrap(err))
+	}
+	return p.settleMany(tasks, acks, skip, dups, sc)
+}
+
+// checkMany checks every task of an EnqueueMany with o (see check), before
+// any is published: skip says which not to publish, as dups says whose
+// unique key another task, dups[i], holds. On an error nothing is taken.
+func (p *Producer) checkMany(ctx context.Context, tasks []forq.Task, o *options, buf *wire.Msg) (skip []bool, dups map[int]string, err error) {
+	skip = make([]bool, len(tasks))
+	for i := range tasks {
+		err := p.check(ctx, &tasks[i], o, buf)
 		if id, ok := duplicateOf(err); ok {
 			if dups == nil {
 				dups = map[int]string{}
@@ -295,113 +279,70 @@ func (p *Producer) EnqueueMany(ctx context.Context, tasks []forq.Task, opts ...O
 			for j := range i {
 				p.forget(tasks[j])
 			}
-			return nil, fmt.Errorf("task %d: %w", i, err)
+			return nil, nil, fmt.Errorf("task %d: %w", i, err)
 		}
 	}
-	n := 0
-	for i := range tasks {
-		if !skip[i] {
-			n++
-			fast = fast && !scheduled(&tasks[i])
-		}
-	}
+	return skip, dups, nil
+}
+
+// settleMany turns the acks of an EnqueueMany into its Infos, and its
+// error if some tasks were not enqueued (their records and unique keys
+// given up).
+func (p *Producer) settleMany(tasks []forq.Task, acks []pubAck, skip []bool, dups map[int]string, sc storageCheck) ([]Info, error) {
 	infos := make([]Info, len(tasks))
 	errs := make([]error, len(tasks))
-	build := func(i int) (*nats.Msg, error) {
-		if skip[i] {
-			return nil, nil
-		}
-		if err := p.encode(ctx, &tasks[i], buf); err != nil {
-			return nil, err
-		}
-		return &buf.m, nil
-	}
-	var acks []pubAck
-	var err error
-	if fast && n > 1 {
-		acks, err = publishFastBatch(ctx, p.nc, len(tasks), build, p.window, p.ackTimeout)
-	}
-	if acks == nil && (err == nil || errors.Is(err, errBatchRefused)) {
-		acks, err = publishBatch(ctx, p.nc, len(tasks), build, p.window, p.ackTimeout)
-	}
-	if err != nil {
-		for i := range tasks {
-			p.forget(tasks[i])
-		}
-		return nil, fmt.Errorf("enqueue: %w", err)
-	}
+	failed := false
 	for i, a := range acks {
+		n := p.counts.of(tasks[i].Queue)
 		switch {
 		case skip[i]:
 			infos[i] = Info{ID: dups[i], Queue: tasks[i].Queue, Duplicate: true}
+			n.duplicates.Add(1)
 		case a.err != nil:
-			errs[i] = fmt.Errorf("enqueue %s: %w", tasks[i].ID, a.err)
+			errs[i], failed = fmt.Errorf("enqueue %s: %w", tasks[i].ID, sc.wrap(a.err)), true
+			p.forget(tasks[i])
+			n.failed.Add(1)
 		default:
 			infos[i] = Info{ID: tasks[i].ID, Queue: tasks[i].Queue, Sequence: a.seq, Duplicate: a.dup}
+			if a.dup {
+				n.duplicates.Add(1)
+			} else {
+				n.enqueued.Add(1)
+			}
 		}
 	}
-	failed := false
-	for i, err := range errs {
-		if err != nil {
-			failed = true
-			p.forget(tasks[i])
-		}
-	}
+	p.unrecorded.enqueued(tasks, func(i int) bool { return !skip[i] && errs[i] == nil && !infos[i].Duplicate })
 	if failed {
 		return infos, &BatchError{Errs: errs}
 	}
 	return infos, nil
 }
 
-// setsID reports whether opts give the task an ID.
-func setsID(opts []Option) bool {
-	var t forq.Task
-	for _, o := range opts {
-		_ = o(&t)
-	}
-	return t.ID != ""
-}
-
-// prepare validates the task, applies opts, records it as queued if it
+// prepare applies o to the task and validates it, records it as queued if it
 // asks for a record, and builds its message.
-func (p *Producer) prepare(ctx context.Context, t *forq.Task, opts []Option) (*nats.Msg, error) {
-	b := newMsgBuf()
-	if err := p.check(ctx, t, opts, b); err != nil {
+func (p *Producer) prepare(ctx context.Context, t *forq.Task, o *options) (*nats.Msg, error) {
+	b := wire.NewMsg()
+	if err := p.check(ctx, t, o, b); err != nil {
 		return nil, err
 	}
-	return &b.m, nil
+	return &b.Msg, nil
 }
 
-// msgBuf is a task's message and the values of its three usual headers,
-// reused from one task to the next by EnqueueMany: nats.Conn.PublishMsg
-// has copied a message's bytes by the time it returns.
-type msgBuf struct {
-	m    nats.Msg
-	vals [3]string
-}
-
-func newMsgBuf() *msgBuf { return &msgBuf{m: nats.Msg{Header: make(nats.Header, 4)}} }
-
-// check applies opts to t, validates it, encodes it into b, checks its
+// check applies o to t and validates it, encodes it into b, checks its
 // size, claims its unique key and records it as queued if it asks for a
 // record.
-func (p *Producer) check(ctx context.Context, t *forq.Task, opts []Option, b *msgBuf) error {
-	for _, o := range opts {
-		if err := o(t); err != nil {
-			return err
-		}
-	}
-	if err := t.Validate(); err != nil {
+func (p *Producer) check(ctx context.Context, t *forq.Task, o *options, b *wire.Msg) error {
+	if err := o.apply(t); err != nil {
 		return err
 	}
 	if err := p.encode(ctx, t, b); err != nil {
 		return err
 	}
-	m := &b.m
-	if max := p.nc.MaxPayload(); max > 0 {
+	m := &b.Msg
+	if limit := p.nc.MaxPayload(); limit > 0 {
 		size := int64(len(m.Data)) + headerSize(m.Header) + int64(len(m.Subject))
-		if size > max {
-			return fmt.Errorf("%w: task %s is %d bytes with its headers; the broker accepts at most %d", forq.ErrPayloadTooLarge, t.ID, size, max)
+		if size > limit {
+			return fmt.Errorf("%w: task %s is %d bytes with its headers; the broker accepts at most %d", forq.ErrPayloadTooLarge, t.ID, size, limit)
 		}
 	}
 	if t.UniqueKey != "" {
@@ -410,55 +351,24 @@ func (p *Producer) check(ctx context.Context, t *forq.Task, opts []Option, b *ms
 		}
 	}
 	if t.Record {
-		b, _ := json.Marshal(forq.Result{ID: t.ID, Queue: t.Queue, Type: t.Type, State: forq.StateQueued, Deadline: t.Deadline, ScheduledAt: t.At})
-		if _, err := p.results.Create(ctx, t.ID, b); err != nil && !errors.Is(err, jetstream.ErrKeyExists) {
+		queued := forq.Result{ID: t.ID, Queue: t.Queue, Type: t.Type, State: forq.StateQueued, Deadline: t.Deadline, ScheduledAt: t.At}
+		// A record there already (the task enqueued before) stays.
+		if err := record.New(p.results).Set(ctx, record.Enqueue, t.ID, nil, 0, &queued); err != nil && !kvcas.IsConflict(err) {
 			p.releaseUnique(*t)
-			return fmt.Errorf("enqueue %s: record: %w", t.ID, err)
+			sc := storageCheck{ctx: ctx, nc: p.nc}
+			return fmt.Errorf("enqueue %s: record: %w", t.ID, sc.wrap(err))
 		}
 	}
 	return nil
 }
 
 // encode writes validated task t into b as its message, replacing what b
-// held. A delayed task's delay is resolved into t.At the first time, so
-// encoding t again gives the same message.
-func (p *Producer) encode(ctx context.Context, t *forq.Task, b *msgBuf) error {
-	m := &b.m
-	clear(m.Header)
-	m.Subject, m.Reply, m.Data = forq.LevelSubject(t.Queue, t.Priority), "", t.Payload
-	// The keys are canonical already, so they are set directly, with
-	// values in b. Forq-Max-Attempts is left out at the default, which is
-	// what its absence means: every header costs the broker on every
-	// message (docs/bench.md).
-	b.vals = [...]string{t.ID, t.Type, ""}
-	m.Header[forq.HeaderID] = b.vals[0:1:1]
-	m.Header[forq.HeaderType] = b.vals[1:2:2]
-	if t.MaxAttempts != forq.DefaultMaxAttempts {
-		b.vals[2] = strconv.Itoa(t.MaxAttempts)
-		m.Header[forq.HeaderMaxAttempts] = b.vals[2:3:3]
-	}
-	if t.Timeout > 0 {
-		m.Header.Set(forq.HeaderTimeout, t.Timeout.String())
-	}
-	if t.Record {
-		m.Header.Set(forq.HeaderRecord, "1")
-	}
-	if t.Priority != forq.PriorityNormal {
-		m.Header.Set(forq.HeaderPriority, t.Priority.String())
-	}
-	if t.LockKey != "" {
-		m.Header.Set(forq.HeaderLock, t.LockKey)
-	}
-	if t.UniqueKey != "" {
-		m.Header.Set(forq.HeaderUnique, t.UniqueKey)
-	}
-	if !t.Deadline.IsZero() {
-		m.Header.Set(forq.HeaderDeadline, t.Deadline.UTC().Format(time.RFC3339Nano))
-		// The broker's TTL is in whole seconds, at least one.
-		m.Header.Set("Nats-TTL", strconv.FormatInt(max(1, int64(math.Ceil(time.Until(t.Deadline).Seconds()))), 10)+"s")
-	}
+// held (see wire.Msg.Encode). A delayed task's delay is resolved into t.At
+// the first time, so encoding t again gives the same message.
+func (p *Producer) encode(ctx context.Context, t *forq.Task, b *wire.Msg) error {
+	b.Encode(t)
 	if scheduled(t) {
-		return p.schedule(ctx, t, m)
+		return p.schedule(ctx, t, &b.Msg)
 	}
 	return nil
 }
@@ -472,11 +382,9 @@ func (p *Producer) forget(t forq.Task) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	if e, err := p.results.Get(ctx, t.ID); err == nil {
-		var r forq.Result
-		if json.Unmarshal(e.Value(), &r) == nil && r.State == forq.StateQueued {
-			_ = p.results.Delete(ctx, t.ID, jetstream.LastRevision(e.Revision()))
-		}
+	records := record.New(p.results)
+	if r, rev, err := records.Get(ctx, t.ID); err == nil && r != nil {
+		_ = records.Set(ctx, record.Forget, t.ID, r, rev, nil) // only a queued record goes
 	}
 }
 
@@ -493,70 +401,87 @@ func headerSize(h nats.Header) int64 {
 // Result returns the recorded result of task id as it is now. The error
 // wraps forq.ErrResultNotFound when there is none.
 func (p *Producer) Result(ctx context.Context, id string) (*forq.Result, error) {
-	e, err := p.results.Get(ctx, id)
-	if errors.Is(err, jetstream.ErrKeyNotFound) {
+	r, _, err := record.New(p.results).Get(ctx, id)
+	switch {
+	case errors.Is(err, record.ErrMalformed):
+		return nil, err
+	case err != nil:
+		return nil, fmt.Errorf("result %s: %w", id, err)
+	case r == nil:
 		return nil, fmt.Errorf("result %s: %w", id, forq.ErrResultNotFound)
 	}
-	if err != nil {
-		return nil, fmt.Errorf("result %s: %w", id, err)
-	}
-	return decode(id, e.Value())
+	record.View(r, time.Now())
+	return r, nil
 }
 
 // Wait blocks until task id reaches a final state (succeeded, dead or
 // canceled) and returns its result. It watches the result's key, so it does
-// not poll. The task must have been enqueued WithRecord, or Wait sees only
-// a failure; bound it with ctx. A result whose state is not
-// forq.StateSucceeded is returned with a nil error: look at its State.
+// not poll; when the connection to the broker drops it watches again once
+// it is back, so a broker restart delays it no more than the restart. The
+// task must have been enqueued WithRecord (or to a queue that records
+// every task): for a task this producer enqueued without a record, Wait
+// returns its final record if it has one (a task that died has), and an
+// error wrapping forq.ErrNotRecorded at once if not. A task it did not
+// enqueue is waited for until it has a final record, or ctx ends. A result whose state is not forq.StateSucceeded is returned
+// with a nil error: look at its State.
 func (p *Producer) Wait(ctx context.Context, id string) (*forq.Result, error) {
-	w, err := p.results.Watch(ctx, id)
-	if err != nil {
-		return nil, fmt.Errorf("wait %s: %w", id, err)
-	}
-	defer w.Stop()
 	// A task that expires in the queue gets no update: wake at its
 	// deadline and look again.
 	expiry := time.NewTimer(time.Hour)
 	expiry.Stop()
 	defer expiry.Stop()
 	for {
+		drop := p.conn.dropCh()
+		w, err := p.results.Watch(ctx, id)
+		if err != nil {
+			if p.watchAgain(ctx, err) {
+				continue
+			}
+			return nil, fmt.Errorf("wait %s: %w", id, err)
+		}
+		r, again, err := p.waitOn(ctx, id, w, drop, expiry)
+		_ = w.Stop()
+		if !again {
+			return r, err
+		}
+	}
+}
+
+// waitOn is Wait on one watch; again is true when the connection dropped
+// and Wait must watch again.
+func (p *Producer) waitOn(ctx context.Context, id string, w jetstream.KeyWatcher, drop <-chan struct{}, expiry *time.Timer) (r *forq.Result, again bool, err error) {
+	for {
 		select {
 		case <-ctx.Done():
-			return nil, fmt.Errorf("wait %s: %w", id, ctx.Err())
+			return nil, false, fmt.Errorf("wait %s: %w", id, ctx.Err())
+		case <-drop:
+			return nil, true, nil
 		case <-expiry.C:
 			if r, err := p.Result(ctx, id); err == nil && r.State.Final() {
-				return r, nil
+				return r, false, nil
 			}
 		case e, ok := <-w.Updates():
 			if !ok {
-				return nil, fmt.Errorf("wait %s: watch closed", id)
+				return nil, false, fmt.Errorf("wait %s: watch closed", id)
+			}
+			if e == nil && len(p.neverRecorded(ctx, []string{id})) > 0 {
+				// Its current value is in, and not final: a task enqueued
+				// here without a record will not get a final one.
+				return nil, false, notRecorded([]string{id}, 1)
 			}
 			if e == nil || e.Operation() != jetstream.KeyValuePut {
 				continue // end of the initial values, or a delete
 			}
-			r, err := decode(id, e.Value())
+			r, err := record.Read(id, e.Value())
 			if err != nil {
-				return nil, err
+				return nil, false, err
 			}
 			if r.State.Final() {
-				return r, nil
+				return r, false, nil
 			}
 			if r.State == forq.StateQueued && !r.Deadline.IsZero() {
 				expiry.Reset(time.Until(r.Deadline) + 10*time.Millisecond)
 			}
 		}
 	}
-}
-
-func decode(id string, b []byte) (*forq.Result, error) {
-	var r forq.Result
-	if err := json.Unmarshal(b, &r); err != nil {
-		return nil, fmt.Errorf("result %s: malformed record: %w", id, err)
-	}
-	if r.State == forq.StateQueued && !r.Deadline.IsZero() && time.Now().After(r.Deadline) {
-		// Never started before its deadline: the broker drops it, or a
-		// worker that receives it late drops it as expired.
-		r.State, r.Error = forq.StateExpired, errExpired
-	}
-	return &r, nil
 }

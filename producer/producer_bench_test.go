@@ -26,7 +26,7 @@ func BenchmarkPrepare(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		t := forq.Task{Type: "noop", Payload: payload}
-		if _, err := p.prepare(b.Context(), &t, nil); err != nil {
+		if _, err := p.prepare(b.Context(), &t, collect(nil)); err != nil {
 			b.Fatal(err)
 		}
 	}

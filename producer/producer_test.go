@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net/url"
 	"strconv"
@@ -15,6 +14,7 @@ import (
 	"github.com/forqhq/forq"
 	"github.com/forqhq/forq/consumer"
 	"github.com/forqhq/forq/internal/testutil"
+	"github.com/forqhq/forq/internal/wire"
 	"github.com/forqhq/forq/producer"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/goleak"
@@ -67,13 +67,15 @@ func TestWaitManyInOrderWithOneWatch(t *testing.T) {
 	}
 	testutil.Eventually(t, 10*time.Second, func() bool { return consumers() == 1 }, "the waiter's watch never showed up")
 
-	w, err := consumer.New(t.Context(), nc, consumer.Config{Concurrency: 16, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	w, err := consumer.New(t.Context(), nc, consumer.Config{Concurrency: 16, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
 	}
 	w.HandleFunc("square", func(ctx context.Context, task *consumer.Task) ([]byte, error) {
 		var n int
-		fmt.Sscan(string(task.Payload), &n)
+		if _, err := fmt.Sscan(string(task.Payload), &n); err != nil {
+			return nil, err
+		}
 		return fmt.Appendf(nil, "%d", n*n), nil
 	})
 	wctx, stop := context.WithCancel(context.Background())
@@ -157,11 +159,11 @@ func TestEnqueueManyBrokerDownThenRetry(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	i, err := st.Info(t.Context(), jetstream.WithSubjectFilter(forq.TaskSubject("retry")))
+	i, err := st.Info(t.Context(), jetstream.WithSubjectFilter(wire.TaskSubject("retry")))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n := i.State.Subjects[forq.TaskSubject("retry")]; n != 10 {
+	if n := i.State.Subjects[wire.TaskSubject("retry")]; n != 10 {
 		t.Fatalf("%d tasks stored, want 10 (each once)", n)
 	}
 }

@@ -10,7 +10,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"flag"
 	"fmt"
 	"log"
@@ -20,16 +19,21 @@ import (
 	"time"
 
 	"github.com/forqhq/forq"
+	"github.com/forqhq/forq/connect"
+	"github.com/forqhq/forq/examples/wordcount"
 	"github.com/forqhq/forq/producer"
 	"github.com/nats-io/nats.go"
 )
 
-// Count is the payload of a wordcount task.
-type Count struct {
-	Text string `json:"text"`
+func main() {
+	if err := run(); err != nil {
+		log.Fatal(err)
+	}
 }
 
-func main() {
+// run enqueues the tasks; main exits 1 with its error, once its deferred
+// calls have run.
+func run() error {
 	url := flag.String("url", envOr("FORQ_URL", forq.DefaultURL), "broker URL ($FORQ_URL)")
 	queue := flag.String("queue", envOr("FORQ_QUEUE", "words"), "queue ($FORQ_QUEUE)")
 	n := flag.Int("n", 10, "number of tasks")
@@ -38,41 +42,56 @@ func main() {
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	nc, err := nats.Connect(*url, nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond))
+	// The credentials and TLS files come from the environment, as
+	// forq pool passes them to its workers (FORQ_TOKEN, FORQ_CREDS,
+	// FORQ_NKEY, FORQ_TLS_CA, ...); connect.Config reconnects forever.
+	cfg, err := connect.FromEnv()
 	if err != nil {
-		log.Fatalf("connect to %s: %v", *url, err)
+		return err
+	}
+	cfg.URLs, cfg.Name = []string{*url}, fmt.Sprintf("%s %d", "example producer", os.Getpid())
+	nc, err := cfg.Connect(nats.ReconnectWait(100 * time.Millisecond))
+	if err != nil {
+		return err
 	}
 	defer nc.Close()
 	p, err := producer.New(ctx, nc, producer.Config{})
 	if err != nil {
-		log.Fatal(err)
+		return err
+	}
+	opts := []producer.Option{producer.WithQueue(*queue)}
+	if *wait {
+		opts = append(opts, producer.WithRecord())
 	}
 	for i := range *n {
-		payload, _ := json.Marshal(Count{Text: fmt.Sprintf("task %d of the example producer", i)})
-		task := forq.Task{ID: forq.NewID(), Queue: *queue, Type: "wordcount", Payload: payload, Record: *wait}
-		info, err := enqueue(ctx, p, task)
+		args := wordcount.Count{Text: fmt.Sprintf("task %d of the example producer", i)}
+		info, err := enqueue(ctx, p, args, opts)
 		if err != nil {
-			log.Fatal(err)
+			return err
 		}
 		fmt.Println("enqueued", info.ID)
 		if *wait {
 			r, err := p.Wait(ctx, info.ID)
 			if err != nil {
-				log.Fatal(err)
+				return err
 			}
 			fmt.Printf("result %s %s %s\n", r.ID, r.State, r.Result)
 		}
 	}
+	return nil
 }
 
-// enqueue retries a failed enqueue of the same task until ctx ends.
-func enqueue(ctx context.Context, p *producer.Producer, t forq.Task) (*producer.Info, error) {
+// enqueue retries a failed enqueue of the same task (same ID) until ctx
+// ends.
+func enqueue(ctx context.Context, p *producer.Producer, args wordcount.Count, opts []producer.Option) (*producer.Info, error) {
+	id := forq.NewID()
+	opts = append(opts[:len(opts):len(opts)], producer.WithID(id))
 	for {
-		info, err := p.Enqueue(ctx, t)
+		info, err := p.EnqueueJSON(ctx, args, opts...)
 		if err == nil || ctx.Err() != nil {
 			return info, err
 		}
-		log.Printf("enqueue %s: %v; retrying", t.ID, err)
+		log.Printf("enqueue %s: %v; retrying", id, err)
 		select {
 		case <-time.After(250 * time.Millisecond):
 		case <-ctx.Done():

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/forqhq/forq"
+	"github.com/forqhq/forq/internal/wire"
 	"github.com/forqhq/forq/producer"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -104,14 +105,14 @@ type basePub struct {
 }
 
 func (b basePub) msg(payload []byte) *nats.Msg {
-	m := &nats.Msg{Subject: BaselineSubject, Data: payload}
-	if b.headers {
-		m.Header = nats.Header{
-			forq.HeaderID:   []string{forq.NewID()},
-			forq.HeaderType: []string{TaskType},
-		}
+	if !b.headers {
+		return &nats.Msg{Subject: BaselineSubject, Data: payload}
 	}
-	return m
+	// forq's headers as a task of the default options has them.
+	m := wire.NewMsg()
+	m.Encode(&forq.Task{ID: forq.NewID(), Type: TaskType, MaxAttempts: forq.DefaultMaxAttempts})
+	m.Subject, m.Data = BaselineSubject, payload
+	return &m.Msg
 }
 
 func (b basePub) one(ctx context.Context, payload []byte) (uint64, error) {
@@ -245,7 +246,7 @@ func latency(ctx context.Context, nc *nats.Conn, pub publisher, o ProducerOption
 	if err != nil {
 		return err
 	}
-	defer sub.Unsubscribe()
+	defer func() { _ = sub.Unsubscribe() }() // the connection closes after anyway
 	if err := nc.Flush(); err != nil {
 		return err
 	}
@@ -277,7 +278,7 @@ func latency(ctx context.Context, nc *nats.Conn, pub publisher, o ProducerOption
 	}
 	res.LoadPerSec = float64(o.LoadTasks) / time.Since(t0).Seconds()
 	deadline := time.After(30 * time.Second)
-	for n := 0; n < o.LoadTasks; n++ {
+	for n := range o.LoadTasks {
 		select {
 		case <-got:
 		case <-deadline:

@@ -1,7 +1,6 @@
 package bench
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -19,7 +18,9 @@ import (
 	"time"
 
 	"github.com/forqhq/forq"
+	"github.com/forqhq/forq/internal/sleep"
 	"github.com/forqhq/forq/internal/topology"
+	"github.com/forqhq/forq/internal/wire"
 	"github.com/forqhq/forq/pool"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -306,7 +307,7 @@ func (r *runner) e2e(ctx context.Context, mode string, c jetstream.Consumer, wor
 
 func (r *runner) names(mode string) (stream, consumer string) {
 	if mode == ModeForq {
-		return forq.StreamTasks, forq.ConsumerName(Queue)
+		return forq.StreamTasks, wire.ConsumerName(Queue)
 	}
 	return BaselineStream, BaselineConsumer
 }
@@ -318,11 +319,11 @@ func (r *runner) setup(ctx context.Context, mode string) (jetstream.Consumer, er
 		if err != nil {
 			return nil, err
 		}
-		_ = r.js.DeleteConsumer(ctx, forq.StreamTasks, forq.ConsumerName(Queue))
-		if err := h.Tasks.Purge(ctx, jetstream.WithPurgeSubject(forq.TaskSubject(Queue))); err != nil {
-			return nil, fmt.Errorf("purge %s: %w", forq.TaskSubject(Queue), err)
+		_ = r.js.DeleteConsumer(ctx, forq.StreamTasks, wire.ConsumerName(Queue))
+		if err := h.Tasks.Purge(ctx, jetstream.WithPurgeSubject(wire.TaskSubject(Queue))); err != nil {
+			return nil, fmt.Errorf("purge %s: %w", wire.TaskSubject(Queue), err)
 		}
-		return topology.EnsureConsumer(ctx, h.Tasks, Queue, 0)
+		return topology.EnsureConsumer(ctx, r.js.Conn(), h.Tasks, Queue, 0)
 	}
 	_ = r.js.DeleteStream(ctx, BaselineStream)
 	s, err := r.js.CreateStream(ctx, jetstream.StreamConfig{
@@ -351,9 +352,9 @@ func (r *runner) teardown(mode string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if mode == ModeForq {
-		_ = r.js.DeleteConsumer(ctx, forq.StreamTasks, forq.ConsumerName(Queue))
+		_ = r.js.DeleteConsumer(ctx, forq.StreamTasks, wire.ConsumerName(Queue))
 		if s, err := r.js.Stream(ctx, forq.StreamTasks); err == nil {
-			_ = s.Purge(ctx, jetstream.WithPurgeSubject(forq.TaskSubject(Queue)))
+			_ = s.Purge(ctx, jetstream.WithPurgeSubject(wire.TaskSubject(Queue)))
 		}
 		return
 	}
@@ -371,20 +372,9 @@ func (r *runner) drained(ctx context.Context, c jetstream.Consumer, last uint64)
 		if time.Now().After(deadline) {
 			return fmt.Errorf("queue not drained after 5 minutes (info %+v, err %v)", i, err)
 		}
-		if !sleep(ctx, 2*time.Millisecond) {
-			return ctx.Err()
+		if err := sleep.For(ctx, 2*time.Millisecond); err != nil {
+			return err
 		}
-	}
-}
-
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
 	}
 }
 
@@ -429,7 +419,7 @@ func (r *runner) startPool(ctx context.Context, mode string, c jetstream.Consume
 			return nil, fmt.Errorf("worker pool stopped while starting: %v", err)
 		default:
 		}
-		if time.Now().After(deadline) || !sleep(ctx, time.Millisecond) {
+		if time.Now().After(deadline) || sleep.For(ctx, time.Millisecond) != nil {
 			p.stop()
 			return nil, fmt.Errorf("%d workers not ready after 30s (waiting pulls: %d)", n, i.NumWaiting)
 		}
@@ -460,7 +450,8 @@ func (p *workerPool) stop() {
 func (p *workerPool) rss() float64 {
 	var most int64
 	for _, c := range p.sup.Children() {
-		most = max(most, rssOf(c.PID))
+		rss, _ := pool.RSS(c.PID) // 0 for a worker that is gone
+		most = max(most, rss)
 	}
 	return float64(most) / (1 << 20)
 }
@@ -498,25 +489,6 @@ func cpuOf(pid int) int64 {
 	utime, _ := strconv.ParseInt(f[11], 10, 64)
 	stime, _ := strconv.ParseInt(f[12], 10, 64)
 	return (utime + stime) * int64(clockTick)
-}
-
-// rssOf returns a process's resident set in bytes, read from /proc.
-func rssOf(pid int) int64 {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0
-	}
-	sc := bufio.NewScanner(bytes.NewReader(b))
-	for sc.Scan() {
-		if rest, ok := strings.CutPrefix(sc.Text(), "VmRSS:"); ok {
-			f := strings.Fields(rest)
-			if len(f) > 0 {
-				kb, _ := strconv.ParseInt(f[0], 10, 64)
-				return kb << 10
-			}
-		}
-	}
-	return 0
 }
 
 // produce runs a producer process for phase and returns its result.

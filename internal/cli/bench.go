@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -13,6 +14,7 @@ import (
 	"github.com/forqhq/forq/broker"
 	"github.com/forqhq/forq/internal/bench"
 	"github.com/forqhq/forq/internal/heapfloor"
+	"github.com/forqhq/forq/pool"
 	"github.com/nats-io/nats.go"
 )
 
@@ -31,14 +33,16 @@ type BenchCmd struct {
 	BaselineCPUShare bool    `help:"Give the baseline's worker processes the CPU share forq pool gives forq's (GOMAXPROCS = CPUs / workers), to tell the cost of forq's code from the gain of that layout."`
 	BaselineHeaders  bool    `help:"Make the baseline publish forq's headers too (a unique Nats-Msg-Id and the type, as forq sends a task with the default attempts), to tell the cost of the wire format from that of forq's code."`
 	JSON             bool    `help:"Print one JSON object instead of a table."`
-	URL              string  `help:"Use the broker at this URL instead of an embedded one. Its FORQ_TASKS stream gets a 'bench' queue, emptied after the run."`
-	SyncAlways       bool    `help:"Make the embedded broker fsync every write before acknowledging it."`
-	CPUProfile       string  `name:"cpuprofile" placeholder:"FILE" help:"Write a CPU profile of this process (the embedded broker and the measuring) to FILE."`
-	ProfileDir       string  `placeholder:"DIR" help:"Write a CPU profile of every worker and producer process to DIR."`
+	// No FORQ_URL: set for the other commands, it would turn a benchmark
+	// into load on a live broker, with a 'bench' queue left behind.
+	URL        string `env:"-" help:"Use the broker at this URL instead of an embedded one. Its FORQ_TASKS stream gets a 'bench' queue, emptied after the run. Only this flag: FORQ_URL does not apply."`
+	SyncAlways bool   `help:"Make the embedded broker fsync every write before acknowledging it."`
+	CPUProfile string `name:"cpuprofile" placeholder:"FILE" help:"Write a CPU profile of this process (the embedded broker and the measuring) to FILE."`
+	ProfileDir string `placeholder:"DIR" help:"Write a CPU profile of every worker and producer process to DIR."`
 }
 
 // Run measures and prints the figures.
-func (c *BenchCmd) Run(env *Env) error {
+func (c *BenchCmd) Run(env *Env) (err error) {
 	if c.Tasks < 1 || c.Samples < 1 || c.Rounds < 1 || c.Concurrency < 1 || c.Rate <= 0 || c.Workers < 0 {
 		return usageErr("--tasks, --samples, --rounds, --concurrency and --rate must be positive, --workers not negative")
 	}
@@ -69,11 +73,11 @@ func (c *BenchCmd) Run(env *Env) error {
 		}
 	}
 	if c.CPUProfile != "" {
-		stop, err := startProfile(c.CPUProfile)
-		if err != nil {
-			return err
+		stopProfile, perr := startProfile(c.CPUProfile)
+		if perr != nil {
+			return perr
 		}
-		defer stop()
+		defer func() { err = errors.Join(err, stopProfile()) }()
 	}
 	ctx, stop := signalContext()
 	defer stop()
@@ -84,7 +88,7 @@ func (c *BenchCmd) Run(env *Env) error {
 		if err != nil {
 			return err
 		}
-		defer os.RemoveAll(dir)
+		defer removeTemp(env.Log, dir)
 		s, err := broker.New(broker.Options{DataDir: dir, SyncAlways: c.SyncAlways})
 		if err != nil {
 			return err
@@ -118,17 +122,24 @@ func (c *BenchCmd) Run(env *Env) error {
 	return rep.WriteTable(env.Stdout)
 }
 
-// startProfile starts a CPU profile into file; stop ends it.
-func startProfile(file string) (stop func(), err error) {
+// startProfile starts a CPU profile into file; stop ends it and reports
+// whether the whole profile was written.
+func startProfile(file string) (stop func() error, err error) {
 	f, err := os.Create(file)
 	if err != nil {
 		return nil, err
 	}
 	if err := pprof.StartCPUProfile(f); err != nil {
-		f.Close()
+		_ = f.Close() // nothing was written; the error to report is the one above
 		return nil, err
 	}
-	return func() { pprof.StopCPUProfile(); f.Close() }, nil
+	return func() error {
+		pprof.StopCPUProfile()
+		if err := f.Close(); err != nil {
+			return fmt.Errorf("writing the CPU profile: %w", err)
+		}
+		return nil
+	}, nil
 }
 
 // BenchWorkerCmd is a worker process of "forq bench".
@@ -140,13 +151,13 @@ type BenchWorkerCmd struct {
 }
 
 // Run runs the worker until SIGTERM.
-func (c *BenchWorkerCmd) Run(env *Env) error {
+func (c *BenchWorkerCmd) Run(env *Env) (err error) {
 	if c.CPUProfile != "" {
-		stop, err := startProfile(strings.ReplaceAll(c.CPUProfile, "%i", os.Getenv("FORQ_POOL_INDEX")))
-		if err != nil {
-			return err
+		stopProfile, perr := startProfile(strings.ReplaceAll(c.CPUProfile, "%i", os.Getenv(pool.EnvIndex)))
+		if perr != nil {
+			return perr
 		}
-		defer stop()
+		defer func() { err = errors.Join(err, stopProfile()) }()
 	}
 	if c.Mode == bench.ModeForq {
 		// As "forq work" runs by default (--heap-floor); the baseline
@@ -180,13 +191,13 @@ type BenchProducerCmd struct {
 }
 
 // Run runs the phase and prints its result as JSON.
-func (c *BenchProducerCmd) Run(env *Env) error {
+func (c *BenchProducerCmd) Run(env *Env) (err error) {
 	if c.CPUProfile != "" {
-		stop, err := startProfile(c.CPUProfile)
-		if err != nil {
-			return err
+		stopProfile, perr := startProfile(c.CPUProfile)
+		if perr != nil {
+			return perr
 		}
-		defer stop()
+		defer func() { err = errors.Join(err, stopProfile()) }()
 	}
 	nc, err := nats.Connect(c.URL, nats.Name(fmt.Sprintf("forq bench producer %d", os.Getpid())))
 	if err != nil {

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/forqhq/forq/consumer"
+	"github.com/forqhq/forq/internal/sleep"
 )
 
 // The built-in task types of "forq work", so the CLI is useful on its own.
@@ -16,7 +17,7 @@ var builtins = map[string]struct {
 	validate func(payload []byte) error
 }{
 	"echo": {handler: echo},
-	"sleep": {handler: sleep, validate: func(p []byte) error {
+	"sleep": {handler: sleepTask, validate: func(p []byte) error {
 		_, err := sleepDuration(p)
 		return err
 	}},
@@ -25,21 +26,17 @@ var builtins = map[string]struct {
 // echo's result is its payload.
 func echo(_ context.Context, t *consumer.Task) ([]byte, error) { return t.Payload, nil }
 
-// sleep sleeps for the duration its payload names ("1.5s", or the JSON
-// string "1.5s") and returns "slept 1.5s".
-func sleep(ctx context.Context, t *consumer.Task) ([]byte, error) {
+// sleepTask sleeps for the duration its payload names ("1.5s", or the
+// JSON string "1.5s") and returns "slept 1.5s".
+func sleepTask(ctx context.Context, t *consumer.Task) ([]byte, error) {
 	d, err := sleepDuration(t.Payload)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", err, consumer.ErrPermanent)
 	}
-	timer := time.NewTimer(d)
-	defer timer.Stop()
-	select {
-	case <-timer.C:
-		return []byte("slept " + d.String()), nil
-	case <-ctx.Done():
-		return nil, context.Cause(ctx)
+	if err := sleep.For(ctx, d); err != nil {
+		return nil, err
 	}
+	return []byte("slept " + d.String()), nil
 }
 
 func sleepDuration(p []byte) (time.Duration, error) {

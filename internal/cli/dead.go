@@ -14,8 +14,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/forqhq/forq"
-	"github.com/forqhq/forq/producer"
-	"github.com/nats-io/nats.go"
+	"github.com/forqhq/forq/admin"
 	"golang.org/x/term"
 )
 
@@ -25,23 +24,6 @@ type DeadCmd struct {
 	Show  DeadShowCmd  `cmd:"" help:"Show dead letters whole: headers, last error and payload."`
 	Retry DeadRetryCmd `cmd:"" help:"Put dead tasks back on their queue with the same ID and payload, attempts reset."`
 	Purge DeadPurgeCmd `cmd:"" help:"Delete dead letters for good."`
-}
-
-// deadProducer connects and returns a producer for the dead-letter
-// commands.
-func deadProducer(cf *ConnFlags, name string, env *Env) (*nats.Conn, *producer.Producer, context.Context, context.CancelFunc, error) {
-	nc, err := cf.connect(name, env.Log)
-	if err != nil {
-		return nil, nil, nil, nil, err
-	}
-	ctx, stop := signalContext()
-	p, err := producer.New(ctx, nc, producer.Config{})
-	if err != nil {
-		stop()
-		nc.Close()
-		return nil, nil, nil, nil, err
-	}
-	return nc, p, ctx, stop, nil
 }
 
 // deadSelection is how retry and purge pick dead letters.
@@ -68,15 +50,15 @@ func (s *deadSelection) validate() error {
 	return nil
 }
 
-func (s *deadSelection) find(ctx context.Context, p *producer.Producer) ([]producer.DeadLetter, error) {
+func (s *deadSelection) find(ctx context.Context, in *admin.Inspector) ([]admin.DeadLetter, error) {
 	if len(s.Refs) > 0 {
-		ds, err := p.FindDeadLetters(ctx, s.Queue, s.Refs)
-		if errors.Is(err, producer.ErrDeadLetterNotFound) {
+		ds, err := in.FindDeadLetters(ctx, s.Queue, s.Refs)
+		if errors.Is(err, admin.ErrDeadLetterNotFound) {
 			return nil, &exitError{code: ExitError, err: fmt.Errorf("%v; nothing was done (see 'forq dead ls')", err)}
 		}
 		return ds, err
 	}
-	return p.DeadLetters(ctx, s.Queue)
+	return in.DeadLetters(ctx, s.Queue)
 }
 
 // DeadLsCmd is "forq dead ls".
@@ -94,13 +76,12 @@ func (c *DeadLsCmd) Run(env *Env) error {
 			return usageErr("--queue: %v", err)
 		}
 	}
-	nc, p, ctx, stop, err := deadProducer(&c.ConnFlags, "forq dead ls", env)
+	ctx, in, done, err := c.inspector("forq dead ls", env, admin.Config{})
 	if err != nil {
 		return err
 	}
-	defer nc.Close()
-	defer stop()
-	ds, err := p.DeadLetters(ctx, c.Queue)
+	defer done()
+	ds, err := in.DeadLetters(ctx, c.Queue)
 	if err != nil {
 		return err
 	}
@@ -118,8 +99,7 @@ func (c *DeadLsCmd) Run(env *Env) error {
 	for _, d := range ds {
 		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%d\t%s\t%s\n", d.Seq, d.ID, d.Queue, d.Type, d.Attempts, d.Time.Local().Format(time.DateTime), shorten(d.Error, 60))
 	}
-	tw.Flush()
-	return nil
+	return tw.Flush()
 }
 
 // shorten keeps s on one line of at most n runes.
@@ -142,13 +122,12 @@ type DeadShowCmd struct {
 
 // Run shows the dead letters.
 func (c *DeadShowCmd) Run(env *Env) error {
-	nc, p, ctx, stop, err := deadProducer(&c.ConnFlags, "forq dead show", env)
+	ctx, in, done, err := c.inspector("forq dead show", env, admin.Config{})
 	if err != nil {
 		return err
 	}
-	defer nc.Close()
-	defer stop()
-	ds, err := p.FindDeadLetters(ctx, "", c.Refs)
+	defer done()
+	ds, err := in.FindDeadLetters(ctx, "", c.Refs)
 	for i, d := range ds {
 		if c.JSON {
 			b, _ := json.Marshal(d)
@@ -160,13 +139,13 @@ func (c *DeadShowCmd) Run(env *Env) error {
 		}
 		printDeadLetter(env.Stdout, d)
 	}
-	if errors.Is(err, producer.ErrDeadLetterNotFound) {
+	if errors.Is(err, admin.ErrDeadLetterNotFound) {
 		return &exitError{code: ExitError, err: fmt.Errorf("%v (see 'forq dead ls')", err)}
 	}
 	return err
 }
 
-func printDeadLetter(w io.Writer, d producer.DeadLetter) {
+func printDeadLetter(w io.Writer, d admin.DeadLetter) {
 	fmt.Fprintf(w, "seq:       %d\nid:        %s\nqueue:     %s\ntype:      %s\nattempts:  %d\ndied:      %s\nerror:     %s\nheaders:\n",
 		d.Seq, d.ID, d.Queue, d.Type, d.Attempts, d.Time.Format(time.RFC3339Nano), d.Error)
 	keys := make([]string, 0, len(d.Header))
@@ -214,13 +193,12 @@ func (c *DeadRetryCmd) Run(env *Env) error {
 	if err := c.validate(); err != nil {
 		return err
 	}
-	nc, p, ctx, stop, err := deadProducer(&c.ConnFlags, "forq dead retry", env)
+	ctx, in, done, err := c.inspector("forq dead retry", env, admin.Config{})
 	if err != nil {
 		return err
 	}
-	defer nc.Close()
-	defer stop()
-	ds, err := c.find(ctx, p)
+	defer done()
+	ds, err := c.find(ctx, in)
 	if err != nil {
 		return err
 	}
@@ -229,10 +207,10 @@ func (c *DeadRetryCmd) Run(env *Env) error {
 		return nil
 	}
 	// Oldest first, in the order they died.
-	slices.SortFunc(ds, func(a, b producer.DeadLetter) int { return a.Time.Compare(b.Time) })
+	slices.SortFunc(ds, func(a, b admin.DeadLetter) int { return a.Time.Compare(b.Time) })
 	n := 0
 	for _, d := range ds {
-		info, err := p.RetryDead(ctx, d)
+		info, err := in.RetryDead(ctx, d)
 		if err != nil {
 			return fmt.Errorf("%w (%d of %d retried)", err, n, len(ds))
 		}
@@ -260,13 +238,12 @@ func (c *DeadPurgeCmd) Run(env *Env) error {
 	if err := c.validate(); err != nil {
 		return err
 	}
-	nc, p, ctx, stop, err := deadProducer(&c.ConnFlags, "forq dead purge", env)
+	ctx, in, done, err := c.inspector("forq dead purge", env, admin.Config{})
 	if err != nil {
 		return err
 	}
-	defer nc.Close()
-	defer stop()
-	ds, err := c.find(ctx, p)
+	defer done()
+	ds, err := c.find(ctx, in)
 	if err != nil {
 		return err
 	}
@@ -276,14 +253,14 @@ func (c *DeadPurgeCmd) Run(env *Env) error {
 	}
 	if !c.Yes {
 		if in, ok := env.Stdin.(interface{ Fd() uintptr }); ok && term.IsTerminal(int(in.Fd())) {
-			fmt.Fprintf(env.Stdout, "Delete %d dead letter(s) for good? [y/N] ", len(ds))
+			fmt.Fprintf(env.Stderr, "Delete %d dead letter(s) for good? [y/N] ", len(ds)) // a question, not a result: stderr, as the banners
 			line, _ := bufio.NewReader(env.Stdin).ReadString('\n')
 			if a := strings.ToLower(strings.TrimSpace(line)); a != "y" && a != "yes" {
 				return &exitError{code: ExitError, err: errors.New("nothing purged")}
 			}
 		}
 	}
-	n, err := p.PurgeDead(ctx, ds)
+	n, err := in.PurgeDead(ctx, ds)
 	if err != nil {
 		return fmt.Errorf("%w (%d purged)", err, n)
 	}

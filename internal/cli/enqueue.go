@@ -50,69 +50,18 @@ type EnqueueCmd struct {
 
 const bulkChunk = 5000
 
-// Run enqueues the task(s).
+// Run enqueues the task(s), and with --wait waits for their results.
 func (c *EnqueueCmd) Run(env *Env) error {
-	if c.Exec {
-		if err := c.execPayload(); err != nil {
-			return err
-		}
-	} else if len(c.Argv) > 0 {
-		return usageErr("unexpected arguments %q (a command to run needs --exec)", c.Argv)
-	} else if c.Type == "" {
-		return usageErr(`expected "<type>" (e.g. echo), or --exec -- COMMAND...`)
-	}
-	if err := forq.ValidateType(c.Type); err != nil {
-		return usageErr("%v", err)
-	}
-	if err := forq.ValidateQueue(c.Queue); err != nil {
-		return usageErr("--queue: %v", err)
-	}
-	prio, err := forq.ParsePriority(c.Priority)
-	if err != nil {
-		return usageErr("--priority %q: use low, normal or high", c.Priority)
-	}
-	if c.MaxAttempts < 1 {
-		return usageErr("--max-attempts %d: must be at least 1", c.MaxAttempts)
-	}
-	if c.Timeout < 0 {
-		return usageErr("--timeout %s: must not be negative", c.Timeout)
-	}
-	when, err := c.when()
+	task, err := c.task()
 	if err != nil {
 		return err
-	}
-	if c.Lines && c.File == "" {
-		return usageErr("--lines needs --file (use --file - for standard input)")
-	}
-	if c.Lines && c.ID != "" {
-		return usageErr("--id names one task; it cannot go with --lines")
-	}
-	if c.Lines && c.Unique != "" {
-		return usageErr("--unique names one task; it cannot go with --lines")
-	}
-	if c.Lock != "" {
-		if err := forq.ValidateKey("lock", c.Lock); err != nil {
-			return usageErr("--lock: %v", err)
-		}
-	}
-	if c.Unique != "" {
-		if err := forq.ValidateKey("unique", c.Unique); err != nil {
-			return usageErr("--unique: %v", err)
-		}
 	}
 	payloads, err := c.payloads(env)
 	if err != nil {
 		return err
 	}
-	if v := builtins[c.Type].validate; v != nil {
-		for i, p := range payloads {
-			if err := v(p); err != nil {
-				if c.Lines {
-					return usageErr("line %d: %v; nothing was enqueued", i+1, err)
-				}
-				return usageErr("--payload: %v", err)
-			}
-		}
+	if err := c.checkPayloads(payloads); err != nil {
+		return err
 	}
 	nc, err := c.connect("forq enqueue", env.Log)
 	if err != nil {
@@ -125,94 +74,206 @@ func (c *EnqueueCmd) Run(env *Env) error {
 	if err != nil {
 		return err
 	}
-	opts := []producer.Option{producer.WithQueue(c.Queue), producer.WithMaxAttempts(c.MaxAttempts), producer.WithPriority(prio)}
-	if c.Timeout > 0 {
-		opts = append(opts, producer.WithTimeout(c.Timeout))
+	var ids []string
+	if c.Lines {
+		ids, err = c.enqueueLines(ctx, env, p, task, payloads)
+	} else {
+		ids, err = c.enqueueOne(ctx, env, p, task, payloads[0])
 	}
-	if c.Record || c.Wait {
-		opts = append(opts, producer.WithRecord())
+	if err != nil || !c.Wait {
+		return err
 	}
-	if c.Lock != "" {
-		opts = append(opts, producer.WithLock(c.Lock))
+	return c.wait(ctx, env, p, ids)
+}
+
+// task builds the task the flags describe, its payload aside (the one
+// task, or the template of each line's), and has the library validate it
+// (forq.Task.Validate): the one check of what a task may be, before
+// anything connects. What the task cannot tell is checked here: how the
+// flags go together, the values a flag may not take although the task's
+// field may (--queue "" and --max-attempts 0 mean the defaults there),
+// and the flags that are not the task's fields.
+func (c *EnqueueCmd) task() (forq.Task, error) {
+	if err := c.command(); err != nil {
+		return forq.Task{}, err
 	}
-	if c.Unique != "" {
-		opts = append(opts, producer.WithUnique(c.Unique))
+	if err := c.checkFlags(); err != nil {
+		return forq.Task{}, err
 	}
+	t := forq.Task{
+		ID: c.ID, Queue: c.Queue, Type: c.Type, MaxAttempts: c.MaxAttempts, Timeout: c.Timeout,
+		Record: c.Record || c.Wait, LockKey: c.Lock, UniqueKey: c.Unique, Delay: c.In,
+	}
+	var err error
+	if t.Priority, err = forq.ParsePriority(c.Priority); err != nil {
+		return forq.Task{}, usageErr("--priority: %w", err)
+	}
+	if t.Deadline, err = c.deadline(); err != nil {
+		return forq.Task{}, err
+	}
+	if t.At, err = parseTime("--at", c.At); err != nil {
+		return forq.Task{}, err
+	}
+	check := t // Validate fills the defaults in, a new ID among them
+	if err := check.Validate(); err != nil {
+		if errors.Is(err, forq.ErrInvalidQueue) {
+			return forq.Task{}, usageErr("--queue: %w", err)
+		}
+		return forq.Task{}, usageErr("%w", err)
+	}
+	return t, nil
+}
+
+// command checks that a task type is given, or with --exec turns the
+// command after '--' into the exec task's type and payload.
+func (c *EnqueueCmd) command() error {
 	switch {
+	case c.Exec:
+		return c.execPayload()
+	case len(c.Argv) > 0:
+		return usageErr("unexpected arguments %q (a command to run needs --exec)", c.Argv)
+	case c.Type == "":
+		return usageErr(`expected "<type>" (e.g. echo), or --exec -- COMMAND...`)
+	}
+	return nil
+}
+
+// checkFlags checks what forq.Task.Validate cannot: see task.
+func (c *EnqueueCmd) checkFlags() error {
+	switch {
+	case c.Queue == "":
+		// The task's empty queue is the default one, which the user did
+		// not name.
+		return usageErr("--queue: invalid queue name: empty name")
+	case c.MaxAttempts < 1:
+		// The task's 0 is the default.
+		return usageErr("--max-attempts %d: must be at least 1", c.MaxAttempts)
+	case c.In < 0:
+		return usageErr("--in %s: must be positive", c.In)
 	case c.ExpireIn < 0:
 		return usageErr("--expire-in %s: must not be negative", c.ExpireIn)
 	case c.ExpireIn > 0 && c.Deadline != "":
 		return usageErr("--expire-in and --deadline both set a deadline; give one")
-	case c.ExpireIn > 0:
-		opts = append(opts, producer.WithExpiresIn(c.ExpireIn))
-	case c.Deadline != "":
-		dl, err := time.Parse(time.RFC3339, c.Deadline)
-		if err != nil {
-			return usageErr("--deadline %q is not an RFC 3339 time like 2026-12-01T09:00:00Z", c.Deadline)
-		}
-		opts = append(opts, producer.WithDeadline(dl))
+	case c.Lines && c.File == "":
+		return usageErr("--lines needs --file (use --file - for standard input)")
+	case c.Lines && c.ID != "":
+		return usageErr("--id names one task; it cannot go with --lines")
+	case c.Lines && c.Unique != "":
+		return usageErr("--unique names one task; it cannot go with --lines")
 	}
-	opts = append(opts, when...)
-	var ids []string
-	if !c.Lines {
-		info, err := p.Enqueue(ctx, forq.Task{ID: c.ID, Type: c.Type, Payload: payloads[0]}, opts...)
-		if err != nil {
-			return enqueueErr(err)
-		}
-		if !c.Quiet && !c.Wait {
-			fmt.Fprintln(env.Stdout, info.ID)
-		}
-		if info.Duplicate && c.Unique != "" && info.Sequence == 0 {
-			env.Log.Warn("a task with this unique key is queued or running; not enqueued again", "unique", c.Unique, "task", info.ID)
-		} else if info.Duplicate {
-			env.Log.Warn("a task with this ID was already enqueued; not enqueued again", "task", info.ID)
-		}
-		ids = append(ids, info.ID)
-	} else {
-		// Progress on stderr; IDs printed line by line on the same
-		// terminal would break a bar, so they get plain lines.
-		printIDs := !c.Quiet && !c.Wait
-		prog := newProgress(c.Progress, env.Stderr, c.ProgressInterval, printIDs && isTerminal(env.Stdout),
-			progressLabels{desc: "enqueue", verb: "enqueued", unit: "tasks"}, int64(len(payloads)))
-		defer prog.Finish()
-		for start := 0; start < len(payloads); start += bulkChunk {
-			chunk := payloads[start:min(start+bulkChunk, len(payloads))]
-			tasks := make([]forq.Task, len(chunk))
-			for i, pl := range chunk {
-				tasks[i] = forq.Task{Type: c.Type, Payload: pl}
-			}
-			infos, err := p.EnqueueMany(ctx, tasks, opts...)
-			for i, info := range infos {
-				if info.ID != "" {
-					ids = append(ids, info.ID)
-					if !c.Quiet && !c.Wait {
-						fmt.Fprintln(env.Stdout, info.ID)
-					}
-				} else if be := (*producer.BatchError)(nil); errors.As(err, &be) && be.Errs[i] != nil {
-					env.Log.Error("not enqueued", "line", start+i+1, "err", be.Errs[i])
-				}
-			}
-			prog.Set(int64(len(ids)))
-			if err != nil {
-				prog.Finish()
-				return fmt.Errorf("enqueued %d of %d tasks: %w", len(ids), len(payloads), enqueueErr(err))
-			}
-		}
-		prog.Finish()
-		fmt.Fprintf(env.Stderr, "enqueued %d tasks to queue %s\n", len(ids), c.Queue)
+	return validateWaitTimeout(c.WaitTimeout)
+}
+
+// deadline returns the deadline --expire-in or --deadline sets, zero if
+// none.
+func (c *EnqueueCmd) deadline() (time.Time, error) {
+	if c.ExpireIn > 0 {
+		return time.Now().Add(c.ExpireIn), nil
 	}
-	if !c.Wait {
+	return parseTime("--deadline", c.Deadline)
+}
+
+// parseTime parses the RFC 3339 time of flag, zero if s is empty.
+func parseTime(flag, s string) (time.Time, error) {
+	if s == "" {
+		return time.Time{}, nil
+	}
+	t, err := time.Parse(time.RFC3339, s)
+	if err != nil {
+		return time.Time{}, usageErr("%s %q is not an RFC 3339 time like 2026-12-01T09:00:00Z", flag, s)
+	}
+	return t, nil
+}
+
+// checkPayloads checks the payloads of a built-in task type, so that a
+// malformed one is refused before anything is enqueued.
+func (c *EnqueueCmd) checkPayloads(payloads [][]byte) error {
+	v := builtins[c.Type].validate
+	if v == nil {
 		return nil
 	}
+	for i, p := range payloads {
+		if err := v(p); err != nil {
+			if c.Lines {
+				return usageErr("line %d: %v; nothing was enqueued", i+1, err)
+			}
+			return usageErr("--payload: %v", err)
+		}
+	}
+	return nil
+}
+
+// enqueueOne enqueues task with payload and returns its ID.
+func (c *EnqueueCmd) enqueueOne(ctx context.Context, env *Env, p *producer.Producer, task forq.Task, payload []byte) ([]string, error) {
+	task.Payload = payload
+	info, err := p.Enqueue(ctx, task)
+	if err != nil {
+		return nil, enqueueErr(err)
+	}
+	if !c.Quiet && !c.Wait {
+		fmt.Fprintln(env.Stdout, info.ID)
+	}
+	switch {
+	case info.Duplicate && c.Unique != "" && info.Sequence == 0:
+		env.Log.Warn("a task with this unique key is queued or running; not enqueued again", "unique", c.Unique, "task", info.ID)
+	case info.Duplicate:
+		env.Log.Warn("a task with this ID was already enqueued; not enqueued again", "task", info.ID)
+	}
+	return []string{info.ID}, nil
+}
+
+// enqueueLines enqueues one task like task for each payload, in chunks,
+// and returns the IDs of those enqueued.
+func (c *EnqueueCmd) enqueueLines(ctx context.Context, env *Env, p *producer.Producer, task forq.Task, payloads [][]byte) ([]string, error) {
+	// Progress on stderr; IDs printed line by line on the same
+	// terminal would break a bar, so they get plain lines.
+	printIDs := !c.Quiet && !c.Wait
+	prog := newProgress(c.Progress, env.Stderr, c.ProgressInterval, printIDs && isTerminal(env.Stdout),
+		progressLabels{desc: "enqueue", verb: "enqueued", unit: "tasks"}, int64(len(payloads)))
+	defer prog.Finish()
+	var ids []string
+	for start := 0; start < len(payloads); start += bulkChunk {
+		chunk := payloads[start:min(start+bulkChunk, len(payloads))]
+		tasks := make([]forq.Task, len(chunk))
+		for i, pl := range chunk {
+			tasks[i] = task
+			tasks[i].Payload = pl
+		}
+		infos, err := p.EnqueueMany(ctx, tasks)
+		for i, info := range infos {
+			if info.ID != "" {
+				ids = append(ids, info.ID)
+				if printIDs {
+					fmt.Fprintln(env.Stdout, info.ID)
+				}
+			} else if be := (*producer.BatchError)(nil); errors.As(err, &be) && be.Errs[i] != nil {
+				env.Log.Error("not enqueued", "line", start+i+1, "err", be.Errs[i])
+			}
+		}
+		prog.Set(int64(len(ids)))
+		if err != nil {
+			prog.Finish()
+			return nil, fmt.Errorf("enqueued %d of %d tasks: %w", len(ids), len(payloads), enqueueErr(err))
+		}
+	}
+	prog.Finish()
+	fmt.Fprintf(env.Stderr, "enqueued %d tasks to queue %s\n", len(ids), task.Queue)
+	return ids, nil
+}
+
+// wait waits for the tasks' results and prints them: an exec task's as
+// its command would have (and its exit code is ours), any other's result
+// on stdout, or how it failed on stderr.
+func (c *EnqueueCmd) wait(ctx context.Context, env *Env, p *producer.Producer, ids []string) error {
 	wctx, cancel := ctxWithTimeout(ctx, c.WaitTimeout)
 	defer cancel()
 	failed := 0
 	for _, id := range ids {
 		r, err := p.Wait(wctx, id)
+		if errors.Is(err, context.DeadlineExceeded) {
+			return fmt.Errorf("task %s: no result within --wait-timeout %s (it stays queued; see 'forq result %s')", id, c.WaitTimeout, id)
+		}
 		if err != nil {
-			if errors.Is(err, context.DeadlineExceeded) {
-				return fmt.Errorf("task %s: no result within --wait-timeout %s (it stays queued; see 'forq result %s')", id, c.WaitTimeout, id)
-			}
 			return err
 		}
 		if code, ok := printExec(env, r); ok {
@@ -227,7 +288,7 @@ func (c *EnqueueCmd) Run(env *Env) error {
 			fmt.Fprintf(env.Stderr, "task %s %s after %d attempt(s): %s\n", r.ID, r.State, r.Attempts, r.Error)
 			continue
 		}
-		env.Stdout.Write(r.Result)
+		_, _ = env.Stdout.Write(r.Result) // as for fmt.Fprint: see .golangci.yml
 		if len(r.Result) > 0 && r.Result[len(r.Result)-1] != '\n' {
 			fmt.Fprintln(env.Stdout)
 		}
@@ -246,13 +307,13 @@ func (c *EnqueueCmd) payloads(env *Env) ([][]byte, error) {
 		}
 		return [][]byte{[]byte(*c.Payload)}, nil
 	}
-	var r io.Reader = env.Stdin
+	r := env.Stdin
 	if c.File != "-" {
 		f, err := os.Open(c.File)
 		if err != nil {
 			return nil, usageErr("--file: %v", err)
 		}
-		defer f.Close()
+		defer func() { _ = f.Close() }() // only read: a failed close loses nothing
 		r = f
 	}
 	if !c.Lines {
@@ -300,6 +361,12 @@ type ResultCmd struct {
 
 // Run prints the result.
 func (c *ResultCmd) Run(env *Env) error {
+	if err := validateID(c.ID); err != nil {
+		return err
+	}
+	if err := validateWaitTimeout(c.WaitTimeout); err != nil {
+		return err
+	}
 	ctx, p, done, err := c.producer("forq result", env)
 	if err != nil {
 		return err
@@ -345,6 +412,7 @@ func printResult(w io.Writer, r *forq.Result) {
 	if r.Error != "" {
 		fmt.Fprintf(w, "error:     %s\n", r.Error)
 	}
+	printHistory(w, r.History)
 	var x forq.ExecResult
 	if r.Type == forq.TypeExec && json.Unmarshal(r.Result, &x) == nil {
 		fmt.Fprintf(w, "exit code: %d\n", x.ExitCode)
@@ -363,6 +431,18 @@ func printResult(w io.Writer, r *forq.Result) {
 	}
 }
 
+// printHistory prints a record's failed attempts, one a line: number,
+// time, worker, error.
+func printHistory(w io.Writer, h []forq.Attempt) {
+	if len(h) == 0 {
+		return
+	}
+	fmt.Fprintln(w, "failed attempts:")
+	for _, a := range h {
+		fmt.Fprintf(w, "  #%d  %s  pid %d on %s: %s\n", a.Attempt, a.At.Format(time.RFC3339Nano), a.PID, a.Host, a.Error)
+	}
+}
+
 // execPayload turns --exec's command into the task's type and payload.
 func (c *EnqueueCmd) execPayload() error {
 	argv := c.Argv
@@ -377,7 +457,7 @@ func (c *EnqueueCmd) execPayload() error {
 	}
 	spec := forq.ExecSpec{Argv: argv, Env: c.Env, Dir: c.Dir}
 	if err := spec.Validate(); err != nil {
-		return usageErr("--exec: %v; put the command after '--', e.g. forq enqueue --exec --wait -- ls -l", err)
+		return usageErr("--exec: %w; put the command after '--', e.g. forq enqueue --exec --wait -- ls -l", err)
 	}
 	b, _ := json.Marshal(spec)
 	payload := string(b)
@@ -393,20 +473,24 @@ func printExec(env *Env, r *forq.Result) (int, bool) {
 	if r.Type != forq.TypeExec || len(r.Result) == 0 || json.Unmarshal(r.Result, &x) != nil {
 		return 0, false
 	}
-	io.WriteString(env.Stdout, x.Stdout)
+	// A write to the terminal that fails has nobody left to tell, as for
+	// fmt.Fprint (see .golangci.yml).
+	_, _ = io.WriteString(env.Stdout, x.Stdout)
 	if x.StdoutTruncated {
 		fmt.Fprintln(env.Stderr, "forq: output truncated at the worker's --exec-max-output")
 	}
 	if r.State != forq.StateSucceeded {
-		io.WriteString(env.Stderr, x.StderrTail)
+		_, _ = io.WriteString(env.Stderr, x.StderrTail)
 		fmt.Fprintf(env.Stderr, "forq: task %s %s after %d attempt(s): %s\n", r.ID, r.State, r.Attempts, r.Error)
 	}
+	// An exit status is 0-255: a record saying otherwise (written by
+	// something else than a worker) must not turn into a success.
 	switch {
-	case x.SignalNumber > 0:
+	case x.SignalNumber > 0 && x.SignalNumber < 128:
 		return 128 + x.SignalNumber, true
-	case x.ExitCode != 0:
+	case x.ExitCode > 0 && x.ExitCode < 256:
 		return x.ExitCode, true
-	case r.State != forq.StateSucceeded:
+	case r.State != forq.StateSucceeded, x.ExitCode != 0, x.SignalNumber != 0:
 		return ExitError, true
 	}
 	return 0, true
@@ -421,6 +505,13 @@ type CancelCmd struct {
 
 // Run cancels the tasks.
 func (c *CancelCmd) Run(env *Env) error {
+	// A malformed ID is refused before anything is canceled: no task can
+	// have it, and "canceled a.b" would say otherwise.
+	for _, id := range c.IDs {
+		if err := validateID(id); err != nil {
+			return err
+		}
+	}
 	ctx, p, done, err := c.producer("forq cancel", env)
 	if err != nil {
 		return err

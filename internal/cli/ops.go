@@ -12,9 +12,8 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/forqhq/forq"
 	"github.com/forqhq/forq/consumer"
-	"github.com/nats-io/nats.go/jetstream"
+	"github.com/forqhq/forq/pool"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -52,7 +51,7 @@ func startOps(log *slog.Logger, host string, port int, reg *prometheus.Registry,
 					return
 				}
 			}
-			io.WriteString(w, "ok\n")
+			_, _ = io.WriteString(w, "ok\n") // a health answer: a client gone is not ours to report
 		}
 	}
 	mux.Handle("/healthz", check(healthz))
@@ -79,19 +78,31 @@ func (o *opsServer) stop() {
 }
 
 // newRegistry returns a registry with the Go runtime and process
-// collectors.
+// collectors, and forq_build_info.
 func newRegistry() *prometheus.Registry {
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), buildInfo())
 	return reg
 }
 
 // workerMetrics counts a worker's tasks for Prometheus; it is the worker's
-// consumer.Observer.
+// consumer.Observer (and consumer.StartObserver). Its type label is
+// bounded: a type the worker has no handler for is "other".
 type workerMetrics struct {
-	processed, failed, retried, dead, canceled, interrupted, expired *prometheus.CounterVec
-	duration                                                         *prometheus.HistogramVec
+	processed, failed, retried, dead, canceled, interrupted, expired, snoozed *prometheus.CounterVec
+	duration, wait                                                            *prometheus.HistogramVec
+	// types are the task types the worker handles; set (setTypes) before
+	// the worker runs, read only after.
+	types map[string]bool
 }
+
+// taskBuckets are the buckets of the task histograms: x2 steps from 1 ms
+// to about 9 minutes (524 s), and +Inf.
+var taskBuckets = prometheus.ExponentialBuckets(0.001, 2, 20)
+
+// otherType is the type label of a task of a type the worker does not
+// handle, which anyone may publish: one series for them all.
+const otherType = "other"
 
 func newWorkerMetrics(reg *prometheus.Registry) *workerMetrics {
 	labels := []string{"queue", "type"}
@@ -108,17 +119,45 @@ func newWorkerMetrics(reg *prometheus.Registry) *workerMetrics {
 		canceled:    counter("tasks_canceled_total", "Tasks canceled before or while running."),
 		interrupted: counter("tasks_interrupted_total", "Tasks handed back unfinished because the worker stopped."),
 		expired:     counter("tasks_expired_total", "Tasks dropped unrun because their deadline had passed."),
+		snoozed:     counter("tasks_snoozed_total", "Task runs that snoozed (consumer.Snooze): put back for later, not an attempt."),
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: "forq", Name: "task_duration_seconds", Help: "Time a task's handler ran, per delivery.",
-			Buckets: prometheus.ExponentialBuckets(0.0005, 4, 10),
+			Buckets: taskBuckets,
+		}, labels),
+		wait: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: "forq", Name: "task_queue_wait_seconds", Help: "Time from a task's enqueue (its message's stream timestamp; a delayed task's due time) to the start of its handler, on its first delivery.",
+			Buckets: taskBuckets,
 		}, labels),
 	}
-	reg.MustRegister(m.duration)
+	reg.MustRegister(m.duration, m.wait)
 	return m
+}
+
+// setTypes sets the task types the worker handles: the only values of
+// the type label but "other".
+func (m *workerMetrics) setTypes(types []string) {
+	m.types = make(map[string]bool, len(types))
+	for _, t := range types {
+		m.types[t] = true
+	}
+}
+
+// typ returns the type label of task type t.
+func (m *workerMetrics) typ(t string) string {
+	if m.types[t] {
+		return t
+	}
+	return otherType
+}
+
+// TaskStarted implements consumer.StartObserver.
+func (m *workerMetrics) TaskStarted(queue, typ string, wait time.Duration) {
+	m.wait.WithLabelValues(queue, m.typ(typ)).Observe(wait.Seconds())
 }
 
 // TaskDone implements consumer.Observer.
 func (m *workerMetrics) TaskDone(queue, typ string, o consumer.Outcome, d time.Duration) {
+	typ = m.typ(typ)
 	switch o {
 	case consumer.OutcomeSucceeded:
 		m.processed.WithLabelValues(queue, typ).Inc()
@@ -134,58 +173,11 @@ func (m *workerMetrics) TaskDone(queue, typ string, o consumer.Outcome, d time.D
 		m.interrupted.WithLabelValues(queue, typ).Inc()
 	case consumer.OutcomeExpired:
 		m.expired.WithLabelValues(queue, typ).Inc()
+	case consumer.OutcomeSnoozed:
+		m.snoozed.WithLabelValues(queue, typ).Inc()
 	}
 	if d > 0 {
 		m.duration.WithLabelValues(queue, typ).Observe(d.Seconds())
-	}
-}
-
-// queueCollector reports each queue's depth from the broker at scrape time.
-type queueCollector struct {
-	js      jetstream.JetStream
-	queues  []string
-	pending *prometheus.Desc
-	acking  *prometheus.Desc
-}
-
-func newQueueCollector(js jetstream.JetStream, queues []string) *queueCollector {
-	return &queueCollector{
-		js: js, queues: queues,
-		pending: prometheus.NewDesc("forq_queue_depth", "Tasks waiting in the queue (not yet delivered).", []string{"queue"}, nil),
-		acking:  prometheus.NewDesc("forq_queue_running", "Tasks delivered to workers and not yet acknowledged.", []string{"queue"}, nil),
-	}
-}
-
-func (c *queueCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.pending; ch <- c.acking }
-
-func (c *queueCollector) Collect(ch chan<- prometheus.Metric) {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-	defer cancel()
-	for _, q := range c.queues {
-		// A queue's figures are the sums over its priority levels.
-		var pending, acking float64
-		var err error
-		for _, p := range forq.Priorities {
-			cons, cerr := c.js.Consumer(ctx, forq.StreamTasks, forq.LevelConsumerName(q, p))
-			if cerr != nil {
-				if p == forq.PriorityNormal || !errors.Is(cerr, jetstream.ErrConsumerNotFound) {
-					err = cerr
-				}
-				continue
-			}
-			i := cons.CachedInfo()
-			if fresh, err := cons.Info(ctx); err == nil {
-				i = fresh
-			}
-			pending += float64(i.NumPending)
-			acking += float64(i.NumAckPending)
-		}
-		if err != nil {
-			ch <- prometheus.NewInvalidMetric(c.pending, err)
-			continue
-		}
-		ch <- prometheus.MustNewConstMetric(c.pending, prometheus.GaugeValue, pending, q)
-		ch <- prometheus.MustNewConstMetric(c.acking, prometheus.GaugeValue, acking, q)
 	}
 }
 
@@ -195,7 +187,7 @@ func metricsPort(port int) int {
 	if port <= 0 {
 		return 0
 	}
-	if i, err := strconv.Atoi(os.Getenv("FORQ_POOL_INDEX")); err == nil {
+	if i, err := strconv.Atoi(os.Getenv(pool.EnvIndex)); err == nil {
 		return port + i
 	}
 	return port

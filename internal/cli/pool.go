@@ -1,10 +1,12 @@
 package cli
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"os"
 	"runtime"
 	"strconv"
@@ -22,8 +24,9 @@ import (
 // PoolFlags configure the supervisor of "forq pool" and "forq run".
 type PoolFlags struct {
 	Workers          int           `short:"n" default:"0" help:"Worker processes, 0 to 1024; 0 is the number of CPUs."`
-	MaxRestarts      int           `default:"5" help:"Restart-storm limit: more crashes than this of one worker within --restart-window stop the pool (exit 1)."`
+	MaxRestarts      int           `default:"5" help:"Restart-storm limit: more failures to start than this of one worker in a row (exits before it is ready) within --restart-window stop the pool (exit 1). Crashes of a ready worker never do."`
 	RestartWindow    time.Duration `default:"10s" help:"Window of the restart-storm limit."`
+	ReadyTimeout     time.Duration `default:"10s" help:"A worker that neither tells the pool it is ready (forq work does once it runs; see FORQ_READY_FD) nor exits within this is deemed ready."`
 	MaxTasksPerChild int           `default:"0" help:"Replace a worker after it ran this many tasks; 0 is never."`
 	MaxMemory        string        `default:"0" help:"Replace a worker whose resident memory passes this (e.g. 512MiB, 1GB); 0 is no limit."`
 	Autoscale        string        `placeholder:"MIN-MAX" help:"Grow the pool toward MAX while the backlog grows, shrink it to MIN when idle, e.g. 1-8."`
@@ -55,195 +58,64 @@ func (c *PoolCmd) Run(env *Env) error {
 // a typo, not a pool.
 const maxPoolWorkers = 1024
 
-// runPool runs a pool of workers, forq's own or the user's command.
-func runPool(ctx context.Context, env *Env, cf ConnFlags, tf TopologyFlags, wf WorkerFlags, pf PoolFlags, command []string) error {
+// autoscale parses --autoscale: min and max are 0 without it.
+func (f *PoolFlags) autoscale() (lo, hi int, err error) {
+	if f.Autoscale == "" {
+		return 0, 0, nil
+	}
+	l, h, ok := strings.Cut(f.Autoscale, "-")
+	lo, _ = strconv.Atoi(l)
+	hi, _ = strconv.Atoi(h)
+	if !ok || lo < 1 || hi < lo {
+		return 0, 0, usageErr("--autoscale %q: want MIN-MAX with 1 ≤ MIN ≤ MAX, e.g. 1-8", f.Autoscale)
+	}
+	return lo, hi, nil
+}
+
+// runPool runs a pool of workers, forq's own or the user's command; its
+// metrics endpoint serves the extra collectors too. The
+// flags are valid: kong ran their Validate methods (validate.go).
+func runPool(ctx context.Context, env *Env, cf ConnFlags, tf TopologyFlags, wf WorkerFlags, pf PoolFlags, command []string, extra ...prometheus.Collector) error {
 	if len(command) > 0 && command[0] == "--" {
 		command = command[1:]
 	}
-	if err := validateQueues(wf.Queue); err != nil {
-		return err
-	}
-	if _, _, err := wf.order(); err != nil {
-		return err
-	}
-	// A negative count used to mean the CPU count, and a huge one forked
-	// until the process limit and crashed the pool (issue 14, point 9).
-	if pf.Workers < 0 || pf.Workers > maxPoolWorkers {
-		return usageErr("--workers %d: must be 0 (the number of CPUs) to %d", pf.Workers, maxPoolWorkers)
-	}
-	cfg := pool.Config{
-		Size:          pf.Workers,
-		Grace:         wf.Grace,
-		MaxRestarts:   pf.MaxRestarts,
-		RestartWindow: pf.RestartWindow,
-		ScaleInterval: pf.ScaleInterval,
-		IdleTimeout:   pf.ScaleIdle,
-		UntilEmpty:    pf.UntilEmpty,
-		Stdout:        env.Stdout,
-		Stderr:        env.Stderr,
-		Logger:        env.Log,
-		// With JSON logs each line of a child becomes a JSON record of the
-		// pool's (child, pid, stream), not a prefixed line.
-		StructuredOutput: logFormat(env.Log) == "json",
-	}
-	if cfg.Size <= 0 {
-		cfg.Size = runtime.NumCPU()
-	}
-	if wf.Grace <= 0 {
-		return usageErr("--grace %s: must be positive", wf.Grace)
-	}
-	mem, err := parseBytes(pf.MaxMemory)
+	cfg, err := poolConfig(env, cf, tf, wf, pf, command)
 	if err != nil {
-		return usageErr("--max-memory: %v", err)
-	}
-	cfg.MaxRSS = mem
-	if _, err := parseBytes(wf.HeapFloor); err != nil {
-		return usageErr("--heap-floor: %v", err)
-	}
-	if pf.Autoscale != "" {
-		lo, hi, ok := strings.Cut(pf.Autoscale, "-")
-		cfg.Min, _ = strconv.Atoi(lo)
-		cfg.Max, _ = strconv.Atoi(hi)
-		if !ok || cfg.Min < 1 || cfg.Max < cfg.Min {
-			return usageErr("--autoscale %q: want MIN-MAX with 1 ≤ MIN ≤ MAX, e.g. 1-8", pf.Autoscale)
-		}
-		cfg.Size = cfg.Min
-	}
-	if pf.MaxTasksPerChild < 0 {
-		return usageErr("--max-tasks-per-child %d: must not be negative", pf.MaxTasksPerChild)
-	}
-	// Children finish their grace a little before the pool kills them, so
-	// that they can hand back the tasks they could not finish.
-	childGrace := wf.Grace - min(wf.Grace/5, time.Second)
-	maxTasks := wf.MaxTasks
-	if pf.MaxTasksPerChild > 0 {
-		maxTasks = pf.MaxTasksPerChild
-	}
-	// Secrets go through the environment, not argv (visible in ps).
-	cfg.Env = []string{"FORQ_URL=" + cf.URL, "FORQ_QUEUE=" + strings.Join(wf.Queue, ","), "FORQ_GRACE=" + childGrace.String()}
-	if cf.Token != "" {
-		cfg.Env = append(cfg.Env, "FORQ_TOKEN="+cf.Token)
-	}
-	if cf.User != "" {
-		cfg.Env = append(cfg.Env, "FORQ_USER="+cf.User, "FORQ_PASSWORD="+cf.Password)
-	}
-	if maxTasks > 0 {
-		cfg.Env = append(cfg.Env, "FORQ_MAX_TASKS="+strconv.Itoa(maxTasks))
-	}
-	// The order between queues, like the queues, goes by the environment,
-	// so that a worker command of the user's can read it too.
-	if wf.Order != "" {
-		cfg.Env = append(cfg.Env, "FORQ_ORDER="+wf.Order)
-	}
-	if len(wf.Weights) > 0 {
-		cfg.Env = append(cfg.Env, "FORQ_WEIGHTS="+strings.Join(wf.Weights, ","))
-	}
-	if wf.MetricsPort > 0 {
-		// The pool serves on the port; child i on port + 1 + i.
-		cfg.Env = append(cfg.Env, "FORQ_METRICS_PORT="+strconv.Itoa(wf.MetricsPort+1), "FORQ_METRICS_HOST="+wf.MetricsHost)
-	}
-	if len(command) > 0 {
-		cfg.Command = command
-	} else {
-		exe, err := os.Executable()
-		if err != nil {
-			return err
-		}
-		cfg.Command = []string{exe,
-			"--log-format", logFormat(env.Log), "--log-level", logLevel(env.Log),
-			"work",
-			"--concurrency", strconv.Itoa(wf.Concurrency),
-			"--ack-wait", wf.AckWait.String(),
-			"--retry-base", wf.RetryBase.String(),
-			"--retry-max", wf.RetryMax.String(),
-			"--lock-ttl", wf.LockTTL.String(),
-			"--heap-floor", wf.HeapFloor,
-			"--replicas", strconv.Itoa(tf.Replicas),
-			"--result-ttl", tf.ResultTTL.String(),
-			"--connect-timeout", cf.ConnectTimeout.String(),
-			"--exec-max-output", wf.ExecMaxOutput,
-			"--exec-kill-grace", wf.ExecKillGrace.String(),
-		}
-		if wf.AllowExec {
-			cfg.Command = append(cfg.Command, "--allow-exec")
-		}
-		if len(wf.ExecAllow) > 0 {
-			cfg.Command = append(cfg.Command, "--exec-allow", strings.Join(wf.ExecAllow, ","))
-		}
-		// The children share the CPUs, as the processes of a Python
-		// pool do: each gets its part as GOMAXPROCS, unless the user set
-		// one.
-		if os.Getenv("GOMAXPROCS") == "" {
-			most := cfg.Size
-			if cfg.Max > 0 {
-				most = cfg.Max
-			}
-			cfg.Env = append(cfg.Env, "GOMAXPROCS="+strconv.Itoa(pool.CPUShare(most)))
-		}
+		return err
 	}
 	// The pool reads the backlog itself when it scales or closes; forq's
 	// own workers need the broker too, so check it is there before
 	// forking anything.
+	var nc *nats.Conn // the pool's own connection, if it needs one
 	if cfg.Max > 0 || cfg.UntilEmpty || len(command) == 0 {
-		nc, err := cf.connect("forq pool", env.Log)
+		nc, err = cf.connect("forq pool", env.Log)
 		if err != nil {
 			return err
 		}
 		defer nc.Close()
-		backlog, err := queueBacklog(ctx, nc, wf.Queue, wf.AckWait, tf)
+		backlog, err := queueBacklog(ctx, env.Log, nc, wf.Queue, wf.AckWait, tf)
 		if err != nil {
 			return err
 		}
-		cfg.Backlog = backlog
-	} else {
-		cfg.Backlog = nil
-	}
-	if cfg.Max == 0 && !cfg.UntilEmpty {
-		cfg.Backlog = nil
-	}
-	var prog *progress
-	if cfg.UntilEmpty && cfg.Backlog != nil {
-		// The backlog falling to 0, read as often as the pool reads it.
-		if prog, cfg.Backlog, err = drainProgress(ctx, pf.ProgressFlags, env.Stderr, cfg.Backlog); err != nil {
-			return err
-		}
-		defer prog.Finish()
-		if prog.isBar() {
-			// Output lines clear the bar; it is redrawn under them.
-			cfg.Stderr = prog.Writer(cfg.Stderr)
-			if isTerminal(env.Stdout) {
-				cfg.Stdout = prog.Writer(cfg.Stdout)
-			}
-			cfg.Logger = newLogger(prog.Writer(env.Stderr), logFormat(env.Log), logLevel(env.Log))
+		if cfg.Max > 0 || cfg.UntilEmpty {
+			cfg.Backlog = backlog
 		}
 	}
+	prog, err := drainBar(ctx, env, pf, &cfg)
+	if err != nil {
+		return err
+	}
+	defer prog.Finish()
 	sup, err := pool.New(cfg)
 	if err != nil {
 		return usageErr("%v", err)
 	}
-	reg := newRegistry()
-	reg.MustRegister(
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "forq", Name: "pool_children", Help: "Worker processes running in the pool."},
-			func() float64 { return float64(len(sup.Children())) }),
-		prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "forq", Name: "pool_child_restarts_total", Help: "Worker processes restarted after crashing."},
-			func() float64 { return float64(sup.Restarts()) }),
-		prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "forq", Name: "pool_child_recycles_total", Help: "Worker processes replaced after --max-tasks-per-child or --max-memory."},
-			func() float64 { return float64(sup.Recycles()) }),
-	)
-	want := cfg.Size
-	if cfg.Max > 0 {
-		want = cfg.Min
-	}
-	ops, err := startOps(env.Log, wf.MetricsHost, wf.MetricsPort, reg, nil, func() error {
-		if n := len(sup.Children()); n < want {
-			return fmt.Errorf("%d of %d workers running", n, want)
-		}
-		return nil
-	})
+	ops, err := startPoolOps(env, wf, sup, cfg.Size, nc, extra...)
 	if err != nil {
 		return err
 	}
 	defer ops.stop()
+	env.Log.Info("pool starting", poolLog(cfg, wf, command)...)
 	err = sup.Run(ctx)
 	prog.Finish()
 	switch {
@@ -257,14 +129,165 @@ func runPool(ctx context.Context, env *Env, cf ConnFlags, tf TopologyFlags, wf W
 	}
 }
 
+// poolConfig returns the supervisor's configuration of a pool of forq
+// work, or of command if it is not empty.
+func poolConfig(env *Env, cf ConnFlags, tf TopologyFlags, wf WorkerFlags, pf PoolFlags, command []string) (pool.Config, error) {
+	cfg := pool.Config{
+		Size:          cmp.Or(pf.Workers, runtime.NumCPU()),
+		Grace:         wf.Grace,
+		MaxRestarts:   pf.MaxRestarts,
+		RestartWindow: pf.RestartWindow,
+		ReadyTimeout:  pf.ReadyTimeout,
+		ScaleInterval: pf.ScaleInterval,
+		IdleTimeout:   pf.ScaleIdle,
+		UntilEmpty:    pf.UntilEmpty,
+		Stdout:        env.Stdout,
+		Stderr:        env.Stderr,
+		Logger:        env.Log,
+		// With JSON logs a child's JSON record is passed on as a record of
+		// its own (its level, fields, plus child and pid), and any other
+		// line as an INFO record of the pool's: not a prefixed line.
+		StructuredOutput: logFormat(env.Log) == "json",
+		// The pool's only children are its workers: it may reap whatever
+		// else is reparented to it (a worker's descendant that left its
+		// session, once its parent died).
+		ReapAll: true,
+	}
+	var err error
+	if cfg.MaxRSS, err = parseBytes(pf.MaxMemory); err != nil {
+		return cfg, usageErr("--max-memory: %v", err)
+	}
+	if cfg.Min, cfg.Max, err = pf.autoscale(); err != nil {
+		return cfg, err
+	}
+	if cfg.Max > 0 {
+		cfg.Size = cfg.Min
+	}
+	if cfg.Command, cfg.Env, err = workerCommand(env.Log, cf, tf, wf, pf, command); err != nil {
+		return cfg, err
+	}
+	// forq work children share the CPUs, as the processes of a Python
+	// pool do: each gets its part as GOMAXPROCS, unless the user set one.
+	if len(command) == 0 && os.Getenv("GOMAXPROCS") == "" {
+		cfg.Env = append(cfg.Env, "GOMAXPROCS="+strconv.Itoa(pool.CPUShare(cmp.Or(cfg.Max, cfg.Size))))
+	}
+	return cfg, nil
+}
+
+// workerCommand returns the argv and the environment of a pool's
+// workers: forq work with the pool's flags, or the user's command (when
+// not empty), which gets them by the environment alone. The flags go by
+// the methods next to their structs: childEnv and childArgs (the
+// connection flags by childEnv alone).
+func workerCommand(log *slog.Logger, cf ConnFlags, tf TopologyFlags, wf WorkerFlags, pf PoolFlags, command []string) (argv, env []string, err error) {
+	env = append(cf.childEnv(), wf.childEnv(cmp.Or(pf.MaxTasksPerChild, wf.MaxTasks))...)
+	if len(command) > 0 {
+		return command, env, nil
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, nil, err
+	}
+	argv = []string{exe, "--log-format", logFormat(log), "--log-level", logLevel(log), "work"}
+	argv = append(argv, tf.childArgs()...)
+	argv = append(argv, wf.childArgs()...)
+	return argv, env, nil
+}
+
+// poolLog returns the attributes of the pool's start-up log: its size,
+// queues and workers' program, not their whole command line.
+func poolLog(cfg pool.Config, wf WorkerFlags, command []string) []any {
+	attrs := []any{"workers", cfg.Size}
+	if cfg.Max > 0 {
+		attrs = []any{"workers", fmt.Sprintf("%d-%d", cfg.Min, cfg.Max)}
+	}
+	attrs = append(attrs, "queues", wf.Queue)
+	if len(command) > 0 {
+		return append(attrs, "command", command[0])
+	}
+	return append(attrs, "command", "forq work")
+}
+
+// drainBar sets up the progress of draining with --until-empty: the
+// backlog falling to 0, read as often as the pool reads it. A bar redraws
+// itself under the output lines of the pool and its children. It returns
+// nil (whose Finish does nothing) when there is no bar to show.
+func drainBar(ctx context.Context, env *Env, pf PoolFlags, cfg *pool.Config) (*progress, error) {
+	if !cfg.UntilEmpty || cfg.Backlog == nil {
+		return nil, nil
+	}
+	prog, backlog, err := drainProgress(ctx, pf.ProgressFlags, env.Stderr, cfg.Backlog)
+	if err != nil {
+		return nil, err
+	}
+	cfg.Backlog = backlog
+	if prog.isBar() {
+		cfg.Stderr = prog.Writer(cfg.Stderr)
+		if isTerminal(env.Stdout) {
+			cfg.Stdout = prog.Writer(cfg.Stdout)
+		}
+		cfg.Logger = newLogger(prog.Writer(env.Stderr), logFormat(env.Log), logLevel(env.Log))
+	}
+	return prog, nil
+}
+
+// startPoolOps serves the pool's metrics and health on --metrics-port:
+// it is ready once want workers are, and while its own connection nc (if
+// not nil) is connected to the broker: a pool of forq work whose broker
+// is gone is not ready, though its workers run (what a docker-compose
+// healthcheck of "forq health --http .../readyz" tells). Its registry has
+// the extra collectors too.
+func startPoolOps(env *Env, wf WorkerFlags, sup *pool.Supervisor, want int, nc *nats.Conn, extra ...prometheus.Collector) (*opsServer, error) {
+	reg := newRegistry()
+	reg.MustRegister(extra...)
+	reg.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "forq", Name: "pool_children", Help: "Worker processes running in the pool."},
+			func() float64 { return float64(len(sup.Children())) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "forq", Name: "pool_children_ready", Help: "Worker processes of the pool that are ready (they said so, or ran for --ready-timeout)."},
+			func() float64 { return float64(readyChildren(sup)) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "forq", Name: "pool_child_restarts_total", Help: "Worker processes restarted after crashing."},
+			func() float64 { return float64(sup.Restarts()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "forq", Name: "pool_child_recycles_total", Help: "Worker processes replaced after --max-tasks-per-child or --max-memory."},
+			func() float64 { return float64(sup.Recycles()) }),
+	)
+	// Ready workers, not running ones: a worker that cannot start (a
+	// wrong command, a broker that refuses it) runs for a moment at each
+	// restart but is never ready. forq work is ready as soon as it has
+	// connected; a command of the user's that does not write to
+	// FORQ_READY_FD counts once it has run for --ready-timeout.
+	return startOps(env.Log, wf.MetricsHost, wf.MetricsPort, reg, nil, func() error {
+		if nc != nil && !nc.IsConnected() {
+			return fmt.Errorf("not connected to the broker (%s)", nc.Status())
+		}
+		if n := readyChildren(sup); n < want {
+			return fmt.Errorf("%d of %d workers ready (%d running)", n, want, len(sup.Children()))
+		}
+		return nil
+	})
+}
+
+// readyChildren returns how many of sup's children are ready.
+func readyChildren(sup *pool.Supervisor) int {
+	n := 0
+	for _, c := range sup.Children() {
+		if c.Ready {
+			n++
+		}
+	}
+	return n
+}
+
 // queueBacklog declares the queues' consumers and returns a function that
 // reads their backlog: tasks waiting plus tasks in flight.
-func queueBacklog(ctx context.Context, nc *nats.Conn, queues []string, ackWait time.Duration, tf TopologyFlags) (func(context.Context) (int64, error), error) {
+func queueBacklog(ctx context.Context, log *slog.Logger, nc *nats.Conn, queues []string, ackWait time.Duration, tf TopologyFlags) (func(context.Context) (int64, error), error) {
 	js, err := jetstream.New(nc)
 	if err != nil {
 		return nil, err
 	}
-	h, err := topology.Ensure(ctx, js, topology.Options{Replicas: tf.Replicas, ResultTTL: tf.ResultTTL})
+	// A broker that cannot declare now (its disk full) is waited for.
+	h, err := topology.Retry(ctx, nc, log, func(ctx context.Context) (*topology.Handles, error) {
+		return topology.Ensure(ctx, js, topology.Options{Replicas: tf.Replicas, ResultTTL: tf.ResultTTL, Logger: log})
+	})
 	if err != nil {
 		return nil, err
 	}
@@ -272,7 +295,9 @@ func queueBacklog(ctx context.Context, nc *nats.Conn, queues []string, ackWait t
 	var cons []jetstream.Consumer
 	for _, q := range queues {
 		for _, p := range forq.Priorities {
-			c, err := topology.EnsureLevelConsumer(ctx, h.Tasks, q, p, ackWait)
+			c, err := topology.Retry(ctx, nc, log, func(ctx context.Context) (jetstream.Consumer, error) {
+				return topology.EnsureLevelConsumer(ctx, nc, h.Tasks, q, p, ackWait)
+			})
 			if err != nil {
 				return nil, err
 			}
@@ -307,6 +332,9 @@ func parseBytes(s string) (int64, error) {
 	mult := map[string]float64{"": 1, "b": 1, "k": 1e3, "kb": 1e3, "kib": 1 << 10, "m": 1e6, "mb": 1e6, "mib": 1 << 20, "g": 1e9, "gb": 1e9, "gib": 1 << 30}[unit]
 	if mult == 0 {
 		return 0, fmt.Errorf("%q: unknown unit %q (use B, KB, KiB, MB, MiB, GB, GiB)", s, unit)
+	}
+	if f*mult >= math.MaxInt64 {
+		return 0, fmt.Errorf("%q is larger than any memory", s)
 	}
 	return int64(f * mult), nil
 }

@@ -5,17 +5,17 @@ import (
 	"time"
 
 	"github.com/forqhq/forq"
-	"github.com/forqhq/forq/producer"
+	"github.com/forqhq/forq/admin"
 )
 
 // PauseCmd is "forq pause".
 type PauseCmd struct {
 	ConnFlags `embed:""`
 
-	Queue   string        `arg:"" help:"Queue to pause."`
-	Until   string        `placeholder:"TIME" xor:"until" help:"Resume by itself at this time (RFC 3339, e.g. 2026-12-01T09:00:00Z) instead of staying paused."`
-	For     time.Duration `placeholder:"DURATION" xor:"until" help:"Resume by itself after this long (e.g. 10m) instead of staying paused."`
-	AckWait time.Duration `default:"30s" help:"Ack wait of the queue's consumer, when the pause creates it (see 'forq work --ack-wait')."`
+	Queue   string         `arg:"" help:"Queue to pause."`
+	Until   string         `placeholder:"TIME" xor:"until" help:"Resume by itself at this time (RFC 3339, e.g. 2026-12-01T09:00:00Z) instead of staying paused."`
+	For     *time.Duration `placeholder:"DURATION" xor:"until" help:"Resume by itself after this long (e.g. 10m) instead of staying paused."`
+	AckWait time.Duration  `default:"3s" help:"Ack wait of the queue's consumer, when the pause creates it (see 'forq work --ack-wait')."`
 }
 
 // Help explains what a pause does.
@@ -36,7 +36,7 @@ func (c *PauseCmd) Run(env *Env) error {
 	if err := forq.ValidateQueue(c.Queue); err != nil {
 		return usageErr("%v", err)
 	}
-	until := producer.PauseForever
+	until := admin.PauseForever
 	switch {
 	case c.Until != "":
 		t, err := time.Parse(time.RFC3339, c.Until)
@@ -47,24 +47,25 @@ func (c *PauseCmd) Run(env *Env) error {
 			return usageErr("--until %s has passed", c.Until)
 		}
 		until = t
-	case c.For < 0:
-		return usageErr("--for %s: must be positive", c.For)
-	case c.For > 0:
-		until = time.Now().Add(c.For)
+	case c.For != nil && *c.For <= 0:
+		// "--for 0s" used to pause until 'forq resume'.
+		return usageErr("--for %s: must be positive", *c.For)
+	case c.For != nil:
+		until = time.Now().Add(*c.For)
 	}
 	if c.AckWait <= 0 {
 		return usageErr("--ack-wait %s: must be positive", c.AckWait)
 	}
-	ctx, p, done, err := c.producer("forq pause", env)
+	ctx, in, done, err := c.inspector("forq pause", env, admin.Config{})
 	if err != nil {
 		return err
 	}
 	defer done()
-	got, err := p.Pause(ctx, c.Queue, until, c.AckWait)
+	got, err := in.Pause(ctx, c.Queue, until, c.AckWait)
 	if err != nil {
 		return err
 	}
-	if until.Equal(producer.PauseForever) {
+	if until.Equal(admin.PauseForever) {
 		fmt.Fprintf(env.Stdout, "paused queue %s until 'forq resume %s'\n", c.Queue, c.Queue)
 	} else {
 		fmt.Fprintf(env.Stdout, "paused queue %s until %s\n", c.Queue, got.Local().Format(time.RFC3339))
@@ -84,13 +85,13 @@ func (c *ResumeCmd) Run(env *Env) error {
 	if err := forq.ValidateQueue(c.Queue); err != nil {
 		return usageErr("%v", err)
 	}
-	ctx, p, done, err := c.producer("forq resume", env)
+	ctx, in, done, err := c.inspector("forq resume", env, admin.Config{})
 	if err != nil {
 		return err
 	}
 	defer done()
-	paused, _, perr := p.QueuePaused(ctx, c.Queue)
-	if err := p.Resume(ctx, c.Queue); err != nil {
+	paused, _, perr := in.Paused(ctx, c.Queue)
+	if err := in.Resume(ctx, c.Queue); err != nil {
 		return err
 	}
 	if paused || perr != nil {

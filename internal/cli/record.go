@@ -2,6 +2,8 @@ package cli
 
 import (
 	"fmt"
+
+	"github.com/forqhq/forq/admin"
 )
 
 // RecordCmd is "forq record": a queue-wide result retention.
@@ -14,12 +16,12 @@ type RecordCmd struct {
 
 // Run sets or clears the queue's record flag.
 func (c *RecordCmd) Run(env *Env) error {
-	ctx, p, done, err := c.producer("forq record", env)
+	ctx, in, done, err := c.inspector("forq record", env, admin.Config{})
 	if err != nil {
 		return err
 	}
 	defer done()
-	if err := p.SetRecordAll(ctx, c.Queue, !c.Off); err != nil {
+	if err := in.SetRecordAll(ctx, c.Queue, !c.Off); err != nil {
 		return enqueueErr(err)
 	}
 	if c.Off {

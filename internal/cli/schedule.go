@@ -8,25 +8,8 @@ import (
 	"time"
 
 	"github.com/forqhq/forq"
-	"github.com/forqhq/forq/producer"
+	"github.com/forqhq/forq/admin"
 )
-
-// when turns enqueue's --in and --at into producer options.
-func (c *EnqueueCmd) when() ([]producer.Option, error) {
-	switch {
-	case c.In < 0:
-		return nil, usageErr("--in %s: must be positive", c.In)
-	case c.In > 0:
-		return []producer.Option{producer.WithDelay(c.In)}, nil
-	case c.At != "":
-		at, err := time.Parse(time.RFC3339, c.At)
-		if err != nil {
-			return nil, usageErr("--at %q is not an RFC 3339 time like 2026-12-01T09:00:00Z", c.At)
-		}
-		return []producer.Option{producer.WithAt(at)}, nil
-	}
-	return nil, nil
-}
 
 // ScheduleCmd is "forq schedule": periodic tasks.
 type ScheduleCmd struct {
@@ -40,23 +23,26 @@ type ScheduleAddCmd struct {
 	ConnFlags     `embed:""`
 	TopologyFlags `embed:""`
 
-	Name        string        `arg:"" help:"Name of the schedule: letters, digits, '-' and '_'."`
-	Type        string        `arg:"" help:"Type of the task each tick enqueues (echo and sleep are built in)."`
-	Every       time.Duration `help:"Tick at this interval, whole seconds, at least 1s (e.g. 5m)." xor:"spec"`
-	Cron        string        `help:"Tick on this cron expression: 5 fields (minute hour day-of-month month day-of-week, e.g. '0 9 * * 1'), 6 with seconds first, or @hourly, @daily, @weekly, @monthly, @yearly." xor:"spec"`
-	TZ          string        `name:"tz" help:"With --cron: its IANA time zone, e.g. Europe/Paris (default UTC)."`
-	Queue       string        `short:"q" default:"default" help:"Queue the tasks go to."`
-	Payload     string        `help:"Payload of each task (opaque bytes; JSON by convention)."`
-	MaxAttempts int           `default:"3" help:"How many times each task may run before it is dead-lettered."`
-	Timeout     time.Duration `default:"0" help:"Bound on each attempt, e.g. 30s; 0 is none."`
-	Record      bool          `help:"Record each task's state and result (its ID is seq-<stream sequence>)."`
-	Replace     bool          `help:"Replace a schedule of the same name instead of failing."`
+	Name        string         `arg:"" help:"Name of the schedule: letters, digits, '-' and '_'."`
+	Type        string         `arg:"" help:"Type of the task each tick enqueues (echo and sleep are built in)."`
+	Every       *time.Duration `help:"Tick at this interval, whole seconds, at least 1s (e.g. 5m)." xor:"spec"`
+	Cron        string         `help:"Tick on this cron expression: 5 fields (minute hour day-of-month month day-of-week, e.g. '0 9 * * 1'), 6 with seconds first, or @hourly, @daily, @weekly, @monthly, @yearly." xor:"spec"`
+	TZ          string         `name:"tz" help:"With --cron: its IANA time zone, e.g. Europe/Paris (default UTC)."`
+	Queue       string         `short:"q" default:"default" help:"Queue the tasks go to."`
+	Payload     string         `help:"Payload of each task (opaque bytes; JSON by convention)."`
+	MaxAttempts int            `default:"3" help:"How many times each task may run before it is dead-lettered."`
+	Timeout     time.Duration  `default:"0" help:"Bound on each attempt, e.g. 30s; 0 is none."`
+	Record      bool           `help:"Record each task's state and result (its ID is seq-<stream sequence>)."`
+	Replace     bool           `help:"Replace a schedule of the same name instead of failing."`
 }
 
 // Run adds the schedule.
 func (c *ScheduleAddCmd) Run(env *Env) error {
-	if c.Every == 0 && c.Cron == "" {
+	if c.Every == nil && c.Cron == "" {
 		return usageErr("give --every INTERVAL or --cron EXPRESSION")
+	}
+	if c.Every != nil && (*c.Every < time.Second || *c.Every%time.Second != 0) {
+		return usageErr("--every %s: the broker ticks in whole seconds, at least 1s", *c.Every)
 	}
 	if c.TZ != "" && c.Cron == "" {
 		return usageErr("--tz goes with --cron; an --every interval has no time zone")
@@ -72,9 +58,12 @@ func (c *ScheduleAddCmd) Run(env *Env) error {
 			return usageErr("--payload: %v", err)
 		}
 	}
-	s := producer.Schedule{
-		Name: c.Name, Every: c.Every, Cron: c.Cron, TimeZone: c.TZ,
+	s := admin.Schedule{
+		Name: c.Name, Cron: c.Cron, TimeZone: c.TZ,
 		Task: forq.Task{Queue: c.Queue, Type: c.Type, MaxAttempts: c.MaxAttempts, Timeout: c.Timeout, Record: c.Record},
+	}
+	if c.Every != nil {
+		s.Every = *c.Every
 	}
 	if c.Payload != "" {
 		s.Task.Payload = []byte(c.Payload)
@@ -82,24 +71,18 @@ func (c *ScheduleAddCmd) Run(env *Env) error {
 	if err := s.Validate(); err != nil {
 		return usageErr("%v", err)
 	}
-	nc, err := c.connect("forq schedule add", env.Log)
+	ctx, in, done, err := c.inspector("forq schedule add", env, admin.Config{Replicas: c.Replicas, ResultTTL: c.ResultTTL})
 	if err != nil {
 		return err
 	}
-	defer nc.Close()
-	ctx, stop := signalContext()
-	defer stop()
-	p, err := producer.New(ctx, nc, producer.Config{Replicas: c.Replicas, ResultTTL: c.ResultTTL})
-	if err != nil {
-		return err
-	}
-	if err := p.AddSchedule(ctx, s, c.Replace); err != nil {
-		if errors.Is(err, producer.ErrScheduleExists) {
+	defer done()
+	if err := in.AddSchedule(ctx, s, c.Replace); err != nil {
+		if errors.Is(err, admin.ErrScheduleExists) {
 			return usageErr("%v: remove it first or add with --replace", err)
 		}
 		return enqueueErr(err)
 	}
-	got, err := p.Schedule(ctx, c.Name)
+	got, err := in.Schedule(ctx, c.Name)
 	if err != nil {
 		return err
 	}
@@ -139,12 +122,12 @@ type scheduleJSON struct {
 
 // Run lists the schedules.
 func (c *ScheduleLsCmd) Run(env *Env) error {
-	ctx, p, done, err := c.producer("forq schedule ls", env)
+	ctx, in, done, err := c.inspector("forq schedule ls", env, admin.Config{})
 	if err != nil {
 		return err
 	}
 	defer done()
-	ss, err := p.Schedules(ctx)
+	ss, err := in.Schedules(ctx)
 	if err != nil {
 		return err
 	}
@@ -193,14 +176,19 @@ type ScheduleRmCmd struct {
 
 // Run removes the schedules.
 func (c *ScheduleRmCmd) Run(env *Env) error {
-	ctx, p, done, err := c.producer("forq schedule rm", env)
+	for _, name := range c.Names {
+		if err := forq.ValidateQueue(name); err != nil {
+			return usageErr("schedule name: %v; nothing was removed", err)
+		}
+	}
+	ctx, in, done, err := c.inspector("forq schedule rm", env, admin.Config{})
 	if err != nil {
 		return err
 	}
 	defer done()
 	failed := 0
 	for _, name := range c.Names {
-		if err := p.RemoveSchedule(ctx, name); err != nil {
+		if err := in.RemoveSchedule(ctx, name); err != nil {
 			fmt.Fprintf(env.Stderr, "forq schedule rm: %v\n", err)
 			failed++
 			continue

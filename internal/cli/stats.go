@@ -7,12 +7,12 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
 
-	"github.com/forqhq/forq"
+	"github.com/forqhq/forq/admin"
+	"github.com/forqhq/forq/internal/topology"
 	"github.com/nats-io/nats.go/jetstream"
 	"golang.org/x/term"
 )
@@ -21,44 +21,27 @@ import (
 type StatsCmd struct {
 	ConnFlags `embed:""`
 
-	Queue    []string      `short:"q" help:"Only these queues (default: every queue that has a consumer)."`
+	Queue    []string      `short:"q" help:"Only these queues (default: every queue that has a consumer, tasks, delayed tasks or dead letters)."`
 	JSON     bool          `help:"Print one JSON object, for scripts."`
 	Watch    bool          `short:"w" help:"Redraw every --interval until Ctrl-C."`
 	Interval time.Duration `default:"1s" help:"With --watch: time between redraws."`
 }
 
-// QueueStats is one queue's line in "forq stats".
-type QueueStats struct {
-	Queue  string `json:"queue"`
-	Queued uint64 `json:"queued"`
-	// QueuedByPriority splits Queued by level: "high", "normal", "low".
-	QueuedByPriority map[string]uint64 `json:"queued_by_priority"`
-	// Scheduled are delayed tasks not due yet.
-	Scheduled       uint64 `json:"scheduled"`
-	Running         int    `json:"running"`
-	Dead            uint64 `json:"dead"`
-	Paused          bool   `json:"paused"`
-	Processed1m     int64  `json:"processed_last_minute"`
-	Failed1m        int64  `json:"failed_last_minute"`
-	Redelivered     int    `json:"redelivered"`
-	WaitingRequests int    `json:"waiting_pulls"`
-}
+// Help explains the columns.
+func (c *StatsCmd) Help() string {
+	return `Queues: QUEUED are tasks not delivered to a worker yet (per priority
+level); RUNNING are tasks whose handlers a live worker runs now (from the
+workers' status, at most 2s old); RETRYING are tasks delivered and not
+acknowledged that no worker runs: waiting for their redelivery after a
+failed attempt's back-off, a hand-back by a worker that stopped, a snooze
+or a busy lock (or fetched and about to start); SCHEDULED are delayed
+tasks not due yet; DEAD are dead letters. DONE/1m are the tasks that
+succeeded in the last minute and FAILED/1m the attempts that failed
+(retried or dead-lettered), as forq_tasks_processed_total and
+forq_tasks_failed_total count them.
 
-// WorkerStats is one worker's line in "forq stats".
-type WorkerStats struct {
-	PID      int       `json:"pid"`
-	Host     string    `json:"host"`
-	Queues   []string  `json:"queues"`
-	InFlight int64     `json:"in_flight"`
-	Since    time.Time `json:"since"`
-	Tasks    int64     `json:"processed"`
-}
-
-// Stats is the whole of "forq stats --json".
-type Stats struct {
-	Time    time.Time     `json:"time"`
-	Queues  []QueueStats  `json:"queues"`
-	Workers []WorkerStats `json:"workers"`
+Workers: IN FLIGHT are the tasks a worker holds now, DONE the tasks that
+succeeded on it since it started.`
 }
 
 // Run prints the stats once, or redraws them with --watch.
@@ -69,23 +52,21 @@ func (c *StatsCmd) Run(env *Env) error {
 	if c.Interval <= 0 {
 		return usageErr("--interval %s: must be positive", c.Interval)
 	}
-	nc, err := c.connect("forq stats", env.Log)
+	queues := make([]string, len(c.Queue))
+	for i, q := range c.Queue {
+		queues[i] = strings.TrimSpace(q)
+	}
+	ctx, in, done, err := c.inspector("forq stats", env, admin.Config{})
 	if err != nil {
 		return err
 	}
-	defer nc.Close()
-	ctx, stop := signalContext()
-	defer stop()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return err
-	}
+	defer done()
 	tty := false
 	if f, ok := env.Stdout.(interface{ Fd() uintptr }); ok {
 		tty = term.IsTerminal(int(f.Fd()))
 	}
 	for {
-		st, err := collectStats(ctx, js, c.Queue)
+		st, err := in.Stats(ctx, queues...)
 		if err != nil {
 			if c.Watch && ctx.Err() != nil {
 				return nil
@@ -93,13 +74,15 @@ func (c *StatsCmd) Run(env *Env) error {
 			return err
 		}
 		if c.Watch && tty && !c.JSON {
-			io.WriteString(env.Stdout, "\x1b[H\x1b[2J") // home, clear
+			_, _ = io.WriteString(env.Stdout, "\x1b[H\x1b[2J") // home, clear; a terminal write, as fmt.Fprint's
 		}
 		if c.JSON {
 			b, _ := json.Marshal(st)
 			fmt.Fprintf(env.Stdout, "%s\n", b)
 		} else {
-			printStats(env.Stdout, st)
+			if err := printStats(env.Stdout, st); err != nil {
+				return err
+			}
 		}
 		if !c.Watch {
 			return nil
@@ -112,124 +95,18 @@ func (c *StatsCmd) Run(env *Env) error {
 	}
 }
 
-// collectStats reads the queues from the broker and the workers from
-// forq.BucketWorkers.
-func collectStats(ctx context.Context, js jetstream.JetStream, only []string) (*Stats, error) {
-	st := &Stats{Time: time.Now().UTC(), Queues: []QueueStats{}, Workers: []WorkerStats{}}
-	tasks, err := js.Stream(ctx, forq.StreamTasks)
-	if errors.Is(err, jetstream.ErrStreamNotFound) {
-		return st, nil // nothing was ever enqueued or worked on
-	}
-	if err != nil {
-		return nil, fmt.Errorf("read %s: %w", forq.StreamTasks, err)
-	}
-	byQueue := map[string]*QueueStats{}
-	lister := tasks.ListConsumers(ctx)
-	for ci := range lister.Info() {
-		// A queue's line sums its priority levels' consumers; it is
-		// paused as its own (normal) consumer is.
-		q, prio := forq.ParseConsumerName(ci.Name)
-		if len(only) > 0 && !slices.Contains(only, q) {
-			continue
-		}
-		qs := byQueue[q]
-		if qs == nil {
-			qs = newQueueStats(q)
-			byQueue[q] = qs
-		}
-		qs.Queued += ci.NumPending
-		qs.QueuedByPriority[prio.String()] += ci.NumPending
-		qs.Running += ci.NumAckPending
-		qs.Redelivered += ci.NumRedelivered
-		qs.WaitingRequests += ci.NumWaiting
-		if prio == forq.PriorityNormal {
-			qs.Paused = ci.Paused
-		}
-	}
-	if err := lister.Err(); err != nil {
-		return nil, fmt.Errorf("list the queues: %w", err)
-	}
-	for _, q := range only {
-		if byQueue[q] == nil {
-			byQueue[q] = newQueueStats(q)
-		}
-	}
-	// Delayed tasks wait on forq.schedule.<queue>.<id> until they are due.
-	if info, err := tasks.Info(ctx, jetstream.WithSubjectFilter(forq.SubjectSchedulePrefix+">")); err == nil {
-		for subj, n := range info.State.Subjects {
-			q, _, _ := strings.Cut(strings.TrimPrefix(subj, forq.SubjectSchedulePrefix), ".")
-			if qs := byQueue[q]; qs != nil {
-				qs.Scheduled += n
-			} else if len(only) == 0 {
-				qs = newQueueStats(q)
-				qs.Scheduled = n
-				byQueue[q] = qs
-			}
-		}
-	}
-	if dead, err := js.Stream(ctx, forq.StreamDead); err == nil {
-		if info, err := dead.Info(ctx, jetstream.WithSubjectFilter(forq.SubjectDeadPrefix+">")); err == nil {
-			for subj, n := range info.State.Subjects {
-				q := strings.TrimPrefix(subj, forq.SubjectDeadPrefix)
-				if qs := byQueue[q]; qs != nil {
-					qs.Dead = n
-				} else if len(only) == 0 {
-					qs = newQueueStats(q)
-					qs.Dead = n
-					byQueue[q] = qs
-				}
-			}
-		}
-	}
-	if kv, err := js.KeyValue(ctx, forq.BucketWorkers); err == nil {
-		keys, err := kv.ListKeys(ctx)
-		if err == nil {
-			for k := range keys.Keys() {
-				e, err := kv.Get(ctx, k)
-				if err != nil {
-					continue
-				}
-				var ws forq.WorkerStatus
-				if json.Unmarshal(e.Value(), &ws) != nil {
-					continue
-				}
-				mine := len(only) == 0
-				for q, c := range ws.LastMinute {
-					if qs := byQueue[q]; qs != nil {
-						qs.Processed1m += c.Processed
-						qs.Failed1m += c.Failed
-						mine = true
-					}
-				}
-				if mine {
-					st.Workers = append(st.Workers, WorkerStats{PID: ws.PID, Host: ws.Host, Queues: ws.Queues, InFlight: ws.InFlight, Since: ws.Started, Tasks: ws.Processed})
-				}
-			}
-		}
-	}
-	for _, qs := range byQueue {
-		st.Queues = append(st.Queues, *qs)
-	}
-	slices.SortFunc(st.Queues, func(a, b QueueStats) int { return strings.Compare(a.Queue, b.Queue) })
-	slices.SortFunc(st.Workers, func(a, b WorkerStats) int {
-		if c := strings.Compare(a.Host, b.Host); c != 0 {
-			return c
-		}
-		return a.PID - b.PID
-	})
-	return st, nil
-}
-
-func printStats(w io.Writer, st *Stats) {
+// printStats prints st as the table of "forq stats".
+func printStats(w io.Writer, st *admin.Stats) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "QUEUE\tQUEUED (high/normal/low)\tRUNNING\tSCHEDULED\tDEAD\tPAUSED\tDONE/1m\tFAILED/1m")
+	fmt.Fprintln(tw, "QUEUE\tQUEUED (high/normal/low)\tRUNNING\tRETRYING\tSCHEDULED\tDEAD\tPAUSED\tDONE/1m\tFAILED/1m")
 	for _, q := range st.Queues {
 		paused := "no"
 		if q.Paused {
 			paused = "yes"
 		}
 		by := q.QueuedByPriority
-		fmt.Fprintf(tw, "%s\t%d (%d/%d/%d)\t%d\t%d\t%d\t%s\t%d\t%d\n", q.Queue, q.Queued, by["high"], by["normal"], by["low"], q.Running, q.Scheduled, q.Dead, paused, q.Processed1m, q.Failed1m)
+		fmt.Fprintf(tw, "%s\t%d (%d/%d/%d)\t%d\t%d\t%d\t%d\t%s\t%d\t%d\n", q.Queue, q.Queued, by["high"], by["normal"], by["low"],
+			q.Running, q.Retrying, q.Scheduled, q.Dead, paused, q.Processed1m, q.Failed1m)
 	}
 	if len(st.Queues) == 0 {
 		fmt.Fprintln(tw, "(no queues yet)")
@@ -237,12 +114,12 @@ func printStats(w io.Writer, st *Stats) {
 	fmt.Fprintln(tw)
 	fmt.Fprintln(tw, "WORKER PID\tHOST\tQUEUES\tIN FLIGHT\tDONE\tSINCE")
 	for _, wk := range st.Workers {
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%d\t%d\t%s\n", wk.PID, wk.Host, strings.Join(wk.Queues, ","), wk.InFlight, wk.Tasks, wk.Since.Local().Format(time.DateTime))
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%d\t%d\t%s\n", wk.PID, wk.Host, strings.Join(wk.Queues, ","), wk.InFlight, wk.Succeeded, wk.Since.Local().Format(time.DateTime))
 	}
 	if len(st.Workers) == 0 {
 		fmt.Fprintln(tw, "(no workers)")
 	}
-	tw.Flush()
+	return tw.Flush()
 }
 
 // HealthCmd is "forq health": a health check for scripts and
@@ -261,7 +138,7 @@ func (c *HealthCmd) Run(env *Env) error {
 		if err != nil {
 			return &exitError{code: ExitError, err: fmt.Errorf("unhealthy: %w", err)}
 		}
-		defer resp.Body.Close()
+		defer func() { _ = resp.Body.Close() }() // a response read to its end: nothing to report
 		body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
 		if resp.StatusCode != http.StatusOK {
 			return &exitError{code: ExitError, err: fmt.Errorf("unhealthy: %s: %s %s", c.HTTP, resp.Status, strings.TrimSpace(string(body)))}
@@ -280,14 +157,15 @@ func (c *HealthCmd) Run(env *Env) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), c.ConnectTimeout)
 	defer cancel()
+	// A forq broker says whether it can store tasks (a full disk, or
+	// JetStream's storage limit reached); a plain nats-server does not.
+	if h, err := topology.AskHealth(ctx, nc); err == nil && !h.Healthy {
+		return &exitError{code: ExitError, err: fmt.Errorf("unhealthy: broker at %s: %w", nc.ConnectedUrl(), h.Err())}
+	}
 	info, err := js.AccountInfo(ctx)
 	if err != nil {
 		return &exitError{code: ExitError, err: fmt.Errorf("unhealthy: broker at %s: JetStream: %w", nc.ConnectedUrl(), err)}
 	}
 	fmt.Fprintf(env.Stdout, "healthy: broker at %s, JetStream up with %d streams\n", nc.ConnectedUrl(), info.Streams)
 	return nil
-}
-
-func newQueueStats(q string) *QueueStats {
-	return &QueueStats{Queue: q, QueuedByPriority: map[string]uint64{"high": 0, "normal": 0, "low": 0}}
 }

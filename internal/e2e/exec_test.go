@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/forqhq/forq"
+	"github.com/forqhq/forq/internal/wire"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -40,6 +41,7 @@ func enqueueExec(t *testing.T, env []string, flags []string, argv ...string) str
 }
 
 func readPIDs(t *testing.T, file string) []int {
+	t.Helper()
 	b, _ := os.ReadFile(file)
 	var pids []int
 	for _, f := range strings.Fields(string(b)) {
@@ -95,9 +97,9 @@ func TestExecOutcomes(t *testing.T) {
 			t.Fatalf("ran %d times, want 3", len(stamps))
 		}
 		// Back-off before attempt n+1 is 200ms·2^(n-1) with jitter in [½, 1]×.
-		for i, min := range []time.Duration{100 * time.Millisecond, 200 * time.Millisecond} {
-			if gap := time.Duration(stamps[i+1] - stamps[i]); gap < min {
-				t.Errorf("attempt %d came %s after attempt %d, want at least %s", i+2, gap, i+1, min)
+		for i, least := range []time.Duration{100 * time.Millisecond, 200 * time.Millisecond} {
+			if gap := time.Duration(stamps[i+1] - stamps[i]); gap < least {
+				t.Errorf("attempt %d came %s after attempt %d, want at least %s", i+2, gap, i+1, least)
 			}
 		}
 	})
@@ -110,8 +112,8 @@ func TestExecOutcomes(t *testing.T) {
 			t.Errorf("got attempts %d, exit %d, error %q; want 2, 3, naming the exit status and stderr", r.Attempts, x.ExitCode, r.Error)
 		}
 		dead := deadLetter(t, js, id)
-		if !strings.Contains(dead.Header.Get(forq.HeaderError), "exit status 3") {
-			t.Errorf("%s of the dead letter %q, want the exit status", forq.HeaderError, dead.Header.Get(forq.HeaderError))
+		if !strings.Contains(dead.Header.Get("Forq-Error"), "exit status 3") {
+			t.Errorf("%s of the dead letter %q, want the exit status", "Forq-Error", dead.Header.Get("Forq-Error"))
 		}
 	})
 
@@ -136,7 +138,7 @@ func deadLetter(t *testing.T, js jetstream.JetStream, id string) *jetstream.RawS
 	}
 	for seq := info.State.FirstSeq; seq <= info.State.LastSeq; seq++ {
 		m, err := s.GetMsg(t.Context(), seq)
-		if err == nil && m.Header.Get(forq.HeaderTaskID) == id {
+		if err == nil && m.Header.Get("Forq-Id") == id {
 			return m
 		}
 	}
@@ -221,7 +223,7 @@ func TestCancelQueuedTask(t *testing.T) {
 		t.Errorf("state right after cancel %s, want canceled", r.State)
 	}
 	start(t, "forq", env, "work", "--allow-exec", "--queue", "later")
-	eventually(t, 20*time.Second, func() bool { return streamMsgs(t, js, forq.StreamTasks, forq.TaskSubject("later")) == 0 }, "the canceled task was not dropped from the queue")
+	eventually(t, 20*time.Second, func() bool { return streamMsgs(t, js, forq.StreamTasks, wire.TaskSubject("later")) == 0 }, "the canceled task was not dropped from the queue")
 	if _, err := os.Stat(marker); err == nil {
 		t.Errorf("the canceled task ran")
 	}
@@ -251,8 +253,11 @@ func TestExecWorkerKilled(t *testing.T) {
 	js := b.js(t)
 	eventually(t, 30*time.Second, func() bool { r, _ := execResult(t, js, id); return r.State == forq.StateSucceeded }, "the task was not completed by the second worker")
 	r, x := execResult(t, js, id)
-	if r.Attempts != 2 || x.Stdout != "completed\n" || len(readPIDs(t, pidFile)) != 2 {
-		t.Errorf("got attempts %d, stdout %q, runs %d; want 2, completed, 2", r.Attempts, x.Stdout, len(readPIDs(t, pidFile)))
+	// The worker's death is not the task's failure (it was attempt 2
+	// before issue 14): its second run, on its second delivery, is still
+	// attempt 1.
+	if r.Attempts != 1 || r.Run != 2 || x.Stdout != "completed\n" || len(readPIDs(t, pidFile)) != 2 {
+		t.Errorf("got attempt %d, run %d, stdout %q, runs %d; want 1, 2, completed, 2", r.Attempts, r.Run, x.Stdout, len(readPIDs(t, pidFile)))
 	}
 }
 

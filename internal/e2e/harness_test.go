@@ -24,7 +24,8 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// bin holds the binaries built for the tests: forq, producer, worker.
+// bin holds the binaries built for the tests: forq, producer, worker,
+// poisonworker.
 var bin = map[string]string{}
 
 func TestMain(m *testing.M) {
@@ -37,19 +38,23 @@ func TestMain(m *testing.M) {
 		"forq":     "github.com/forqhq/forq/cmd/forq",
 		"producer": "github.com/forqhq/forq/examples/producer",
 		"worker":   "github.com/forqhq/forq/examples/worker",
+		// A worker binary of the tests' own, with poison task types.
+		"poisonworker": "github.com/forqhq/forq/internal/e2e/poisonworker",
 	} {
 		out := filepath.Join(dir, name)
 		cmd := exec.Command("go", "build", "-o", out, pkg)
 		cmd.Stderr = os.Stderr
 		if err := cmd.Run(); err != nil {
 			fmt.Fprintf(os.Stderr, "build %s: %v\n", pkg, err)
-			os.RemoveAll(dir)
+			_ = os.RemoveAll(dir) // best effort: exiting anyway
 			os.Exit(1)
 		}
 		bin[name] = out
 	}
 	code := m.Run()
-	os.RemoveAll(dir)
+	if err := os.RemoveAll(dir); err != nil {
+		fmt.Fprintf(os.Stderr, "remove the built binaries: %v\n", err)
+	}
 	if left := children(os.Getpid()); len(left) > 0 && code == 0 {
 		fmt.Fprintf(os.Stderr, "tests left processes behind: %v\n", left)
 		code = 1
@@ -331,7 +336,7 @@ func startBroker(t *testing.T, dir string, port int) *broker {
 	}
 	p := start(t, "forq", nil, "broker", "--data-dir", dir, "--port", strconv.Itoa(port))
 	url := fmt.Sprintf("nats://127.0.0.1:%d", port)
-	eventually(t, 20*time.Second, func() bool { return strings.Contains(p.stdout(), "NATS with JetStream at "+url) },
+	eventually(t, 20*time.Second, func() bool { return strings.Contains(p.stderr(), "NATS with JetStream at "+url) },
 		"broker did not report ready; stdout %q stderr %q", p.stdout(), p.stderr())
 	return &broker{proc: p, url: url, dir: dir, port: port}
 }
@@ -370,4 +375,24 @@ func streamMsgs(t *testing.T, js jetstream.JetStream, stream, subject string) ui
 		n += c
 	}
 	return n
+}
+
+// figuref logs a test's figures, and appends them, with the test's name,
+// to the file FORQ_E2E_FIGURES names, if it is set: go test shows the log
+// of a passing test only with -v, and CI (.ci/run) prints that file, so
+// the figures of the fault suite are in every CI log.
+func figuref(t *testing.T, format string, args ...any) {
+	t.Helper()
+	t.Logf(format, args...)
+	path := os.Getenv("FORQ_E2E_FIGURES")
+	if path == "" {
+		return
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+	if err != nil {
+		t.Logf("figures file: %v", err)
+		return
+	}
+	defer f.Close()
+	fmt.Fprintf(f, "%s: %s\n", t.Name(), fmt.Sprintf(format, args...))
 }

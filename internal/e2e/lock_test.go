@@ -1,7 +1,9 @@
 package e2e
 
 import (
+	"encoding/json"
 	"fmt"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -60,14 +62,21 @@ func TestLockOfKilledHolderExpires(t *testing.T) {
 	b := startBroker(t, "", 0)
 	env := []string{"FORQ_URL=" + b.url}
 	const ttl = 2 * time.Second
-	holder := start(t, "forq", env, "work", "--lock-ttl", ttl.String())
-	_, long := enqueueOne(t, env, "sleep", "60s", "--lock", "K", "--record")
+	holder := start(t, "forq", env, "work", "--allow-exec", "--lock-ttl", ttl.String())
+	// The holder's task works 60 s on its first run only. Once the holder
+	// is dead the broker redelivers it (after the ack wait), and it may
+	// well take the expired lock before the next task does: both tasks
+	// wait for the same lock, and neither has a claim to go first. Its
+	// second run ends at once, so that the next task runs either way.
+	marker := filepath.Join(t.TempDir(), "ran")
+	spec, _ := json.Marshal(forq.ExecSpec{Argv: []string{"sh", "-c", `[ -e "$0" ] && exit 0; touch "$0"; exec sleep 60`, marker}})
+	_, long := enqueueOne(t, env, "exec", string(spec), "--lock", "K", "--record")
 	js := b.js(t)
 	eventually(t, 10*time.Second, func() bool {
 		r, ok := results(t, js, []string{long})[long]
 		return ok && r.State == forq.StateRunning && r.WorkerPID == holder.cmd.Process.Pid
 	}, "the long task is not running on the holder")
-	other := start(t, "forq", env, "work", "--lock-ttl", ttl.String())
+	other := start(t, "forq", env, "work", "--allow-exec", "--lock-ttl", ttl.String())
 	_, next := enqueueOne(t, env, "sleep", "10ms", "--lock", "K", "--record")
 	time.Sleep(time.Second)
 	if r := results(t, js, []string{next})[next]; r.State != forq.StateQueued {
@@ -75,13 +84,19 @@ func TestLockOfKilledHolderExpires(t *testing.T) {
 	}
 	holder.signal(syscall.SIGKILL)
 	killed := time.Now()
-	eventually(t, 15*time.Second, func() bool { return results(t, js, []string{next})[next].State == forq.StateSucceeded },
+	eventually(t, 20*time.Second, func() bool { return results(t, js, []string{next})[next].State == forq.StateSucceeded },
 		"the next task did not run after the holder died: %+v", results(t, js, []string{next})[next])
 	r := results(t, js, []string{next})[next]
 	took := r.StartedAt.Sub(killed)
-	t.Logf("next task started %s after the holder was killed (TTL %s)", took.Round(time.Millisecond), ttl)
-	if took > ttl+2500*time.Millisecond {
-		t.Errorf("next task started %s after the kill, want within TTL %s + 2.5s", took, ttl)
+	figuref(t, "next task started %s after the holder was killed (TTL %s)", took.Round(time.Millisecond), ttl)
+	// The lock expires a TTL after the holder's last refresh, the broker
+	// removes it within about a second more, and the waiting task comes
+	// back within MaxLockWait (1s): about TTL + 2s, or a little more when
+	// the holder's redelivered task took the lock first. The bound allows
+	// for a loaded machine and still fails a lock that outlives its holder
+	// for good (the holder's task works 60s).
+	if limit := ttl + 10*time.Second; took > limit {
+		t.Errorf("next task started %s after the kill, want within TTL %s + 10s", took, ttl)
 	}
 	if r.WorkerPID != other.cmd.Process.Pid {
 		t.Errorf("next task ran on pid %d, want the other worker %d", r.WorkerPID, other.cmd.Process.Pid)

@@ -10,6 +10,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -20,6 +21,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/creack/pty"
 	"github.com/nats-io/nats.go"
 )
 
@@ -61,6 +63,7 @@ type natsCLI struct {
 // which must install it). Set its url before running it.
 func newNatsCLI(t *testing.T) *natsCLI {
 	t.Helper()
+	waitForTools(t)
 	p, err := natsBinary()
 	if err != nil {
 		msg := "the nats CLI is not installed (" + err.Error() + "); install it with: " + natsInstall
@@ -141,6 +144,34 @@ func (n *natsCLI) stdout(t *testing.T, args ...string) string {
 		t.Fatalf("nats %s: %v; stdout:\n%s\nstderr:\n%s", strings.Join(args, " "), err, out.String(), errb.String())
 	}
 	return out.String()
+}
+
+// view runs "nats stream view stream" on a terminal (nats pages only
+// there), and returns what it printed, the terminal's line ends made
+// "\n". With fewer messages than a page it prints them and ends.
+func (n *natsCLI) view(t *testing.T, stream string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), natsTimeout)
+	defer cancel()
+	cmd := n.command(ctx, []string{"stream", "view", stream})
+	tty, err := pty.StartWithSize(cmd, &pty.Winsize{Rows: 60, Cols: 160})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tty.Close()
+	var out bytes.Buffer
+	copied := make(chan struct{})
+	go func() {
+		defer close(copied)
+		_, _ = io.Copy(&out, tty) // ends with EIO once nats has exited
+	}()
+	err = cmd.Wait()
+	<-copied
+	s := strings.ReplaceAll(out.String(), "\r\n", "\n")
+	if err != nil {
+		t.Fatalf("nats stream view %s: %v; output:\n%s", stream, err, s)
+	}
+	return s
 }
 
 // start runs nats with args in the background, bounded by natsTimeout; the
@@ -253,7 +284,7 @@ func TestNatsCLIQueuedTasks(t *testing.T) {
 		`Pull Mode: true`,
 		`Filter Subject: forq.tasks.default\n`,
 		`Ack Policy: Explicit`,
-		`Ack Wait: 30.00s`,
+		`Ack Wait: 3.00s`,
 	)
 
 	out = n.run(t, "consumer", "ls", "FORQ_TASKS")
@@ -275,6 +306,7 @@ func TestNatsCLIQueuedTasks(t *testing.T) {
 		`Retention: WorkQueue`,
 		`Duplicate Window: 2m0s`,
 		`Allows Fast Batch Publish: true`,
+		`Direct Get: true`,
 		`Messages: 3\n`,
 		`First Sequence: 1 @`,
 		`Last Sequence: 3 @`,
@@ -305,6 +337,23 @@ func TestNatsCLIQueuedTasks(t *testing.T) {
 	if strings.Contains(out, "Forq-Max-Attempts") {
 		t.Errorf("task q-2 has the default attempts, yet carries Forq-Max-Attempts:\n%s", out)
 	}
+
+	// Every task in order, by direct gets (a work queue stream can be
+	// paged no other way), taking none of them from the queue.
+	out = n.view(t, "FORQ_TASKS")
+	t.Logf("nats stream view FORQ_TASKS:\n%s", out)
+	want(t, "nats stream view FORQ_TASKS", out,
+		`\[1\] Subject: forq.tasks.default Received: `,
+		`\n  Nats-Msg-Id: busy-1\n`,
+		`\[2\] Subject: forq.tasks.default Received: `,
+		`\n  Nats-Msg-Id: q-1\n(.*\n)*\{"n":1\}\n`,
+		`\[3\] Subject: forq.tasks.default Received: `,
+		`\n  Nats-Msg-Id: q-2\n(.*\n)*\{"n":2\}\n`,
+		`Reached apparent end of data`,
+	)
+	out = n.run(t, "consumer", "info", "FORQ_TASKS", "default")
+	want(t, "nats consumer info FORQ_TASKS default after nats stream view", out,
+		`Outstanding Acks:\s+1 out of`, `Unprocessed Messages:\s+2\n`)
 
 	out = n.run(t, "kv", "ls")
 	t.Logf("nats kv ls:\n%s", out)
@@ -452,6 +501,7 @@ func TestNatsCLIDeadLetter(t *testing.T) {
 	want(t, "nats stream info FORQ_DEAD", out,
 		`Subjects: (\S+, )*forq\.dead\.>(,|\n)`,
 		`Retention: Limits`,
+		`Direct Get: true`,
 		`Messages: 1\n`,
 		`Last Sequence: 1 @`,
 	)
@@ -467,6 +517,15 @@ func TestNatsCLIDeadLetter(t *testing.T) {
 		`\n  Forq-Type: nope\n`,
 		`\n  Forq-Max-Attempts: 1\n`,
 		`\n\{"x":1\}\n`,
+	)
+	out = n.view(t, "FORQ_DEAD")
+	t.Logf("nats stream view FORQ_DEAD:\n%s", out)
+	want(t, "nats stream view FORQ_DEAD", out,
+		`\[1\] Subject: forq.dead.default Received: `,
+		`\n  Forq-Error: no handler for task type "nope"`,
+		`\n  Forq-Id: dead-1\n`,
+		`\n\{"x":1\}\n`,
+		`Reached apparent end of data`,
 	)
 	out = n.run(t, "stream", "info", "FORQ_TASKS")
 	want(t, "nats stream info FORQ_TASKS", out, `Messages: 0\n`)

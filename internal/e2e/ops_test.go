@@ -25,7 +25,7 @@ func scrape(t *testing.T, url string) (map[string]*dto.MetricFamily, error) {
 		return nil, err
 	}
 	defer resp.Body.Close()
-	if resp.StatusCode != 200 {
+	if resp.StatusCode != http.StatusOK {
 		return nil, fmt.Errorf("%s: %s", url, resp.Status)
 	}
 	parser := expfmt.NewTextParser(model.UTF8Validation)
@@ -72,7 +72,7 @@ func status(url string) int {
 	if err != nil {
 		return 0
 	}
-	io.Copy(io.Discard, resp.Body)
+	_, _ = io.Copy(io.Discard, resp.Body) // only the status matters
 	resp.Body.Close()
 	return resp.StatusCode
 }
@@ -86,8 +86,8 @@ func TestMetricsAndHealth(t *testing.T) {
 	w := start(t, "forq", env, "--log-format", "json", "work", "--metrics-port", strconv.Itoa(port), "--retry-base", "10ms", "--concurrency", "4")
 	base := fmt.Sprintf("http://127.0.0.1:%d", port)
 	eventually(t, 20*time.Second, func() bool { return status(base+"/readyz") == 200 }, "worker never ready")
-	enqueueLines(t, env, "echo", 50, func(i int) string { return strconv.Itoa(i) })
-	enqueueLines(t, env, "nope", 3, func(i int) string { return strconv.Itoa(i) }, "--max-attempts", "2")
+	enqueueLines(t, env, "echo", 50, strconv.Itoa)
+	enqueueLines(t, env, "nope", 3, strconv.Itoa, "--max-attempts", "2")
 	var fams map[string]*dto.MetricFamily
 	eventually(t, 30*time.Second, func() bool {
 		var err error
@@ -100,12 +100,13 @@ func TestMetricsAndHealth(t *testing.T) {
 		want   float64
 	}{
 		{"forq_tasks_processed_total", map[string]string{"queue": "default", "type": "echo"}, 50},
-		{"forq_tasks_failed_total", map[string]string{"queue": "default", "type": "nope"}, 6},
-		{"forq_tasks_retried_total", map[string]string{"queue": "default", "type": "nope"}, 3},
-		{"forq_tasks_dead_total", map[string]string{"queue": "default", "type": "nope"}, 3},
+		// A type the worker does not handle is labelled "other".
+		{"forq_tasks_failed_total", map[string]string{"queue": "default", "type": "other"}, 6},
+		{"forq_tasks_retried_total", map[string]string{"queue": "default", "type": "other"}, 3},
+		{"forq_tasks_dead_total", map[string]string{"queue": "default", "type": "other"}, 3},
 		{"forq_task_duration_seconds", map[string]string{"type": "echo"}, 50},
 		{"forq_tasks_in_flight", nil, 0},
-		{"forq_queue_depth", map[string]string{"queue": "default"}, 0},
+		{"forq_queue_depth", nil, -1}, // the broker reports the queues now
 	} {
 		if got := value(fams, c.family, c.labels); got != c.want {
 			t.Errorf("%s%v = %v, want %v", c.family, c.labels, got, c.want)
@@ -147,7 +148,8 @@ func TestMetricsAndHealth(t *testing.T) {
 }
 
 // The pool serves its own metrics, and each child serves its own on the
-// next ports.
+// next ports. The pool is ready while its workers are and it has the
+// broker.
 func TestPoolMetrics(t *testing.T) {
 	b := startBroker(t, "", 0)
 	env := []string{"FORQ_URL=" + b.url}
@@ -166,7 +168,7 @@ func TestPoolMetrics(t *testing.T) {
 	if got := value(fams, "forq_pool_child_restarts_total", nil); got != 0 {
 		t.Errorf("forq_pool_child_restarts_total = %v, want 0", got)
 	}
-	enqueueLines(t, env, "echo", 20, func(i int) string { return strconv.Itoa(i) })
+	enqueueLines(t, env, "echo", 20, strconv.Itoa)
 	eventually(t, 20*time.Second, func() bool {
 		total := 0.0
 		for i := range 2 {
@@ -188,6 +190,17 @@ func TestPoolMetrics(t *testing.T) {
 		if got := value(fams, "go_sched_gomaxprocs_threads", nil); got != want {
 			t.Errorf("child %d: GOMAXPROCS %v, want %v (the CPUs shared by 2 children)", i, got, want)
 		}
+	}
+	// Its workers run on, but a pool whose broker is gone is not ready:
+	// what the docker-compose healthcheck of the workers tells.
+	if code, out, errs := run(t, nil, env, "health", "--http", pool+"/readyz"); code != 0 {
+		t.Errorf("forq health --http pool /readyz: exit %d, %q %q", code, out, errs)
+	}
+	b.signal(syscall.SIGTERM)
+	b.wait(20 * time.Second)
+	eventually(t, 10*time.Second, func() bool { return status(pool+"/readyz") == 503 }, "pool /readyz still OK with the broker stopped")
+	if code, _, errs := run(t, nil, env, "health", "--http", pool+"/readyz"); code != 1 || !strings.Contains(errs, "not connected to the broker") {
+		t.Errorf("forq health --http pool /readyz with the broker stopped: exit %d, %q; want 1, not connected to the broker", code, errs)
 	}
 }
 
@@ -211,9 +224,9 @@ func TestStatsWhileDraining(t *testing.T) {
 	}
 	js := b.js(t)
 	st := stats()
-	if len(st.Queues) != 0 {
-		// no consumer yet: the queue shows up once a worker declares it
-		t.Logf("queues before any worker: %+v", st.Queues)
+	if len(st.Queues) != 1 || st.Queues[0].Queued != 10000 || st.Queues[0].Running != 0 {
+		// no consumer yet: its tasks count all the same
+		t.Errorf("queues before any worker: %+v; want default with 10000 queued", st.Queues)
 	}
 	p := start(t, "forq", env, "pool", "-n", "4")
 	eventually(t, 20*time.Second, func() bool { return len(stats().Workers) == 4 }, "stats never listed 4 workers")
@@ -252,8 +265,8 @@ func TestStatsWhileDraining(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if q := stats().Queues[0]; q.Queued != ci.NumPending || uint64(q.Running) != uint64(ci.NumAckPending) {
-		t.Errorf("stats queued %d running %d, broker pending %d ack pending %d", q.Queued, q.Running, ci.NumPending, ci.NumAckPending)
+	if q := stats().Queues[0]; q.Queued != ci.NumPending || uint64(q.Unacked) != uint64(ci.NumAckPending) || q.Running > q.Unacked {
+		t.Errorf("stats queued %d unacked %d running %d, broker pending %d ack pending %d", q.Queued, q.Unacked, q.Running, ci.NumPending, ci.NumAckPending)
 	}
 	code, out, _ := run(t, nil, env, "stats")
 	if code != 0 || !strings.Contains(out, "QUEUE") || !strings.Contains(out, "default") || !strings.Contains(out, "WORKER PID") {
@@ -267,6 +280,7 @@ type Stats struct {
 		Queue       string `json:"queue"`
 		Queued      uint64 `json:"queued"`
 		Running     int    `json:"running"`
+		Unacked     int    `json:"unacked"`
 		Dead        uint64 `json:"dead"`
 		Paused      bool   `json:"paused"`
 		Processed1m int64  `json:"processed_last_minute"`

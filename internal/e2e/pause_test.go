@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/forqhq/forq"
+	"github.com/forqhq/forq/internal/wire"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -29,7 +30,7 @@ func queueStats(t *testing.T, env []string, q string) map[string]any {
 
 func consumerInfo(t *testing.T, js jetstream.JetStream, q string) *jetstream.ConsumerInfo {
 	t.Helper()
-	c, err := js.Consumer(t.Context(), forq.StreamTasks, forq.ConsumerName(q))
+	c, err := js.Consumer(t.Context(), forq.StreamTasks, wire.ConsumerName(q))
 	if err != nil {
 		t.Fatalf("consumer %s: %v", q, err)
 	}
@@ -65,7 +66,7 @@ func TestPauseResume(t *testing.T) {
 		"the task running when the queue was paused did not finish: %+v", results(t, js, []string{long})[long])
 
 	time.Sleep(2 * time.Second)
-	if n := streamMsgs(t, js, forq.StreamTasks, forq.TaskSubject("pq")); n != 20 {
+	if n := streamMsgs(t, js, forq.StreamTasks, wire.TaskSubject("pq")); n != 20 {
 		t.Errorf("%d tasks in the paused queue, want 20", n)
 	}
 	if rs := results(t, js, ids); countState(rs, forq.StateQueued) != 20 {

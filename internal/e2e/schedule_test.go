@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/forqhq/forq"
+	"github.com/forqhq/forq/admin"
+	"github.com/forqhq/forq/internal/wire"
 	"github.com/forqhq/forq/producer"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -39,11 +41,11 @@ func schedStored(t *testing.T, js jetstream.JetStream, queue, id string) time.Ti
 	if err != nil {
 		t.Fatal(err)
 	}
-	m, err := s.GetLastMsgForSubject(t.Context(), forq.ScheduleSubject(queue, id))
+	m, err := s.GetLastMsgForSubject(t.Context(), wire.ScheduleSubject(queue, id))
 	if err != nil {
 		t.Fatalf("schedule of %s: %v", id, err)
 	}
-	if m.Header.Get("Nats-Schedule") == "" || m.Header.Get(forq.HeaderTaskID) != id {
+	if m.Header.Get("Nats-Schedule") == "" || m.Header.Get("Forq-Id") != id {
 		t.Fatalf("schedule of %s has headers %v", id, m.Header)
 	}
 	return m.Time
@@ -109,13 +111,13 @@ func TestDelayedTasksStartOnTime(t *testing.T) {
 	canceled := schedEnqueue(t, env, "echo", "--payload", "canceled", "--in", "2s", "--record")
 	dead := schedEnqueue(t, env, "no-such-type", "--in", "1s", "--max-attempts", "1")
 
-	if n := streamMsgs(t, js, forq.StreamTasks, forq.TaskSubject("default")); n != 0 {
+	if n := streamMsgs(t, js, forq.StreamTasks, wire.TaskSubject("default")); n != 0 {
 		t.Errorf("%d tasks in the queue before any is due, want 0", n)
 	}
 	if code, _, errs := run(t, nil, env, "cancel", canceled); code != 0 {
 		t.Fatalf("cancel: exit %d: %s", code, errs)
 	}
-	if n := streamMsgs(t, js, forq.StreamTasks, forq.SubjectSchedulePrefix+"*."+canceled); n != 0 {
+	if n := streamMsgs(t, js, forq.StreamTasks, wire.ScheduleFilter(canceled)); n != 0 {
 		t.Errorf("the canceled task's schedule is still there")
 	}
 
@@ -126,7 +128,7 @@ func TestDelayedTasksStartOnTime(t *testing.T) {
 		t.Errorf("--at task's result %q, want its payload", got.Result)
 	}
 	schedWaitState(t, js, dead, forq.StateDead, 10*time.Second)
-	if n := streamMsgs(t, js, forq.StreamDead, forq.DeadSubject("default")); n != 1 {
+	if n := streamMsgs(t, js, forq.StreamDead, wire.DeadSubject("default")); n != 1 {
 		t.Errorf("%d dead letters, want the failed delayed task", n)
 	}
 
@@ -190,7 +192,7 @@ func TestDelaySkewedProducerClock(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if bt, err := p.BrokerTime(t.Context()); err != nil || bt.Sub(time.Now()).Abs() > 50*time.Millisecond {
+		if bt, err := p.BrokerTime(t.Context()); err != nil || time.Until(bt).Abs() > 50*time.Millisecond {
 			t.Errorf("skew %s: broker time %s (err %v), want about now, %s", skew, bt, err, time.Now())
 		}
 		asked := time.Now() // the broker's clock: the test runs on its host
@@ -213,7 +215,7 @@ func TestDelayUpgradesOldStream(t *testing.T) {
 		Retention: jetstream.WorkQueuePolicy, Storage: jetstream.FileStorage, Duplicates: time.Minute, AllowMsgTTL: true,
 	}
 	// The broker declares forq's streams on start: put an old one instead.
-	eventually(t, 10*time.Second, func() bool { return strings.Contains(b.stdout(), "stop with Ctrl-C") }, "broker did not declare its streams")
+	eventually(t, 10*time.Second, func() bool { return strings.Contains(b.stderr(), "stop with Ctrl-C") }, "broker did not declare its streams")
 	if err := js.DeleteStream(t.Context(), forq.StreamTasks); err != nil {
 		t.Fatal(err)
 	}
@@ -273,6 +275,61 @@ func schedCheckTicks(t *testing.T, what string, runs []time.Time) {
 	}
 }
 
+// checkScheduleAdd checks how "forq schedule add" reads cron days of the
+// week (7 is Sunday) and that it refuses bad names, intervals, crons and
+// time zones with exit 2.
+func checkScheduleAdd(t *testing.T, env []string) {
+	t.Helper()
+	// 7 is Sunday in most crons; the broker reads 0-6, so forq sends 0,
+	// and the broker takes it.
+	for cron, want := range map[string]string{"0 9 * * 7": "0 0 9 * * 0", "0 9 * * 5-7": "0 0 9 * * 0,5,6"} {
+		code, out, errs := run(t, nil, env, "schedule", "add", "sunday", "--cron", cron, "echo")
+		if code != 0 || !strings.Contains(out, "schedule sunday: "+want+" ") {
+			t.Errorf("schedule add --cron %q: exit %d, %q %q; want 0 and %q", cron, code, out, errs, want)
+		}
+		t.Logf("--cron %q: %s", cron, strings.TrimSpace(out))
+		if code, _, errs := run(t, nil, env, "schedule", "rm", "sunday"); code != 0 {
+			t.Fatalf("schedule rm sunday: exit %d: %s", code, errs)
+		}
+	}
+	for _, args := range [][]string{
+		{"bad.name", "--every", "2s", "echo"},
+		{"bad", "--every", "500ms", "echo"},
+		{"bad", "--cron", "0 25 * * *", "echo"},
+		{"bad", "--cron", "* * *", "echo"},
+		{"bad", "--cron", "0 9 * * 1", "--tz", "Mars/Olympus", "echo"},
+		{"bad", "--every", "2s", "--tz", "Europe/Paris", "echo"},
+		{"bad", "echo"},
+	} {
+		if code, _, errs := run(t, nil, env, append([]string{"schedule", "add"}, args...)...); code != 2 {
+			t.Errorf("schedule add %v: exit %d, want 2; stderr %s", args, code, errs)
+		} else {
+			t.Logf("schedule add %v: %s", args, strings.TrimSpace(errs))
+		}
+	}
+}
+
+// checkScheduleList checks "forq schedule ls" (and --json) of the two
+// schedules of TestSchedulePeriodicOncePerTick.
+func checkScheduleList(t *testing.T, env []string) {
+	t.Helper()
+	code, out, errs := run(t, nil, env, "schedule", "ls", "--json")
+	if code != 0 {
+		t.Fatalf("schedule ls: exit %d: %s", code, errs)
+	}
+	var ls []map[string]any
+	if err := json.Unmarshal([]byte(out), &ls); err != nil {
+		t.Fatalf("schedule ls --json: %v: %s", err, out)
+	}
+	if len(ls) != 2 || ls[0]["name"] != "tick" || ls[0]["spec"] != "@every 2s" || ls[0]["queue"] != "default" || ls[0]["type"] != "echo" ||
+		ls[1]["name"] != "weekly" || ls[1]["spec"] != "0 0 9 * * 1" || ls[1]["time_zone"] != "Europe/Paris" || ls[1]["queue"] != "reports" {
+		t.Errorf("schedule ls --json: %s", out)
+	}
+	if _, out, _ := run(t, nil, env, "schedule", "ls"); !strings.Contains(out, "tick") || !strings.Contains(out, "@every 2s") {
+		t.Errorf("schedule ls: %s", out)
+	}
+}
+
 // forq schedule add --every 2s with 3 worker processes up: one run per
 // tick, across a broker restart; ls lists it, rm stops it.
 func TestSchedulePeriodicOncePerTick(t *testing.T) {
@@ -294,37 +351,8 @@ func TestSchedulePeriodicOncePerTick(t *testing.T) {
 	if code, _, errs := run(t, nil, env, "schedule", "add", "weekly", "--cron", "0 9 * * 1", "--tz", "Europe/Paris", "-q", "reports", "echo"); code != 0 {
 		t.Fatalf("schedule add --cron: exit %d: %s", code, errs)
 	}
-	for _, args := range [][]string{
-		{"bad.name", "--every", "2s", "echo"},
-		{"bad", "--every", "500ms", "echo"},
-		{"bad", "--cron", "0 25 * * *", "echo"},
-		{"bad", "--cron", "* * *", "echo"},
-		{"bad", "--cron", "0 9 * * 1", "--tz", "Mars/Olympus", "echo"},
-		{"bad", "--every", "2s", "--tz", "Europe/Paris", "echo"},
-		{"bad", "echo"},
-	} {
-		if code, _, errs := run(t, nil, env, append([]string{"schedule", "add"}, args...)...); code != 2 {
-			t.Errorf("schedule add %v: exit %d, want 2; stderr %s", args, code, errs)
-		} else {
-			t.Logf("schedule add %v: %s", args, strings.TrimSpace(errs))
-		}
-	}
-
-	code, out, errs = run(t, nil, env, "schedule", "ls", "--json")
-	if code != 0 {
-		t.Fatalf("schedule ls: exit %d: %s", code, errs)
-	}
-	var ls []map[string]any
-	if err := json.Unmarshal([]byte(out), &ls); err != nil {
-		t.Fatalf("schedule ls --json: %v: %s", err, out)
-	}
-	if len(ls) != 2 || ls[0]["name"] != "tick" || ls[0]["spec"] != "@every 2s" || ls[0]["queue"] != "default" || ls[0]["type"] != "echo" ||
-		ls[1]["name"] != "weekly" || ls[1]["spec"] != "0 0 9 * * 1" || ls[1]["time_zone"] != "Europe/Paris" || ls[1]["queue"] != "reports" {
-		t.Errorf("schedule ls --json: %s", out)
-	}
-	if _, out, _ := run(t, nil, env, "schedule", "ls"); !strings.Contains(out, "tick") || !strings.Contains(out, "@every 2s") {
-		t.Errorf("schedule ls: %s", out)
-	}
+	checkScheduleAdd(t, env)
+	checkScheduleList(t, env)
 
 	time.Sleep(7*time.Second - time.Since(added))
 	runs := schedRuns(t, js)
@@ -363,12 +391,12 @@ func TestSchedulePeriodicOncePerTick(t *testing.T) {
 	if _, out, _ := run(t, nil, env, "schedule", "ls", "--json"); strings.Contains(out, `"tick"`) {
 		t.Errorf("schedule ls after rm: %s", out)
 	}
-	if n := streamMsgs(t, js, forq.StreamTasks, forq.TaskSubject("default")); n != 0 {
+	if n := streamMsgs(t, js, forq.StreamTasks, wire.TaskSubject("default")); n != 0 {
 		t.Errorf("%d tasks left queued", n)
 	}
 }
 
-// The Go API: AddSchedule, Schedule, Schedules, RemoveSchedule.
+// The Go API: admin's AddSchedule, Schedule, Schedules, RemoveSchedule.
 func TestScheduleAPI(t *testing.T) {
 	b := startBroker(t, "", 0)
 	nc, err := nats.Connect(b.url)
@@ -382,30 +410,34 @@ func TestScheduleAPI(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := producer.Schedule{Name: "nightly", Cron: "@daily", Task: forq.Task{Queue: "q1", Type: "report", Payload: []byte(`{"a":1}`), Timeout: time.Minute}}
-	if err := p.AddSchedule(ctx, s, false); err != nil {
+	in, err := admin.New(ctx, nc, admin.Config{})
+	if err != nil {
 		t.Fatal(err)
 	}
-	if err := p.AddSchedule(ctx, s, false); !errors.Is(err, producer.ErrScheduleExists) {
+	s := admin.Schedule{Name: "nightly", Cron: "@daily", Task: forq.Task{Queue: "q1", Type: "report", Payload: []byte(`{"a":1}`), Timeout: time.Minute}}
+	if err := in.AddSchedule(ctx, s, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := in.AddSchedule(ctx, s, false); !errors.Is(err, admin.ErrScheduleExists) {
 		t.Errorf("second add: %v, want ErrScheduleExists", err)
 	}
 	s.Task.MaxAttempts = 5
-	if err := p.AddSchedule(ctx, s, true); err != nil {
+	if err := in.AddSchedule(ctx, s, true); err != nil {
 		t.Errorf("replace: %v", err)
 	}
-	got, err := p.Schedule(ctx, "nightly")
+	got, err := in.Schedule(ctx, "nightly")
 	if err != nil {
 		t.Fatal(err)
 	}
 	if got.Cron != "@daily" || got.Task.Queue != "q1" || got.Task.Type != "report" || string(got.Task.Payload) != `{"a":1}` || got.Task.MaxAttempts != 5 || got.Task.Timeout != time.Minute {
 		t.Errorf("schedule read back: %+v", got)
 	}
-	for _, bad := range []producer.Schedule{
+	for _, bad := range []admin.Schedule{
 		{Name: "x", Every: time.Second, Cron: "@daily", Task: forq.Task{Type: "t"}},
 		{Name: "x", Cron: "@fortnightly", Task: forq.Task{Type: "t"}},
 		{Name: "x", Every: time.Minute, Task: forq.Task{Type: "t", ID: "fixed"}},
 	} {
-		if err := p.AddSchedule(ctx, bad, false); !errors.Is(err, forq.ErrInvalidOption) && !errors.Is(err, forq.ErrInvalidTask) {
+		if err := in.AddSchedule(ctx, bad, false); !errors.Is(err, forq.ErrInvalidOption) && !errors.Is(err, forq.ErrInvalidTask) {
 			t.Errorf("AddSchedule(%+v): %v, want an invalid option or task", bad, err)
 		}
 	}
@@ -415,14 +447,14 @@ func TestScheduleAPI(t *testing.T) {
 	if _, err := p.Enqueue(ctx, forq.Task{Type: "t"}, producer.WithDelay(-time.Second)); !errors.Is(err, forq.ErrInvalidOption) {
 		t.Errorf("WithDelay(-1s): %v, want ErrInvalidOption", err)
 	}
-	ss, err := p.Schedules(ctx)
+	ss, err := in.Schedules(ctx)
 	if err != nil || len(ss) != 1 {
 		t.Fatalf("Schedules: %v, %v", ss, err)
 	}
-	if err := p.RemoveSchedule(ctx, "nightly"); err != nil {
+	if err := in.RemoveSchedule(ctx, "nightly"); err != nil {
 		t.Fatal(err)
 	}
-	if err := p.RemoveSchedule(ctx, "nightly"); !errors.Is(err, producer.ErrScheduleNotFound) {
+	if err := in.RemoveSchedule(ctx, "nightly"); !errors.Is(err, admin.ErrScheduleNotFound) {
 		t.Errorf("second remove: %v, want ErrScheduleNotFound", err)
 	}
 }

@@ -91,8 +91,7 @@ func TestFloorCutsCollections(t *testing.T) {
 		big[i] = make([]byte, 1<<20)
 	}
 	waitPercent(t, tu, func(p int) bool { return p == 100 })
-	runtime.KeepAlive(big)
-	big = nil
+	runtime.KeepAlive(big) // and no longer: the collector may take it
 
 	tu.Stop()
 	if p := gcPercent(); p != 100 {

@@ -2,8 +2,7 @@ package topology
 
 import (
 	"context"
-	"errors"
-	"fmt"
+	"log/slog"
 	"time"
 
 	"github.com/forqhq/forq"
@@ -14,41 +13,41 @@ import (
 // marker of a key that expired, so that watchers see it go.
 const markerTTL = time.Minute
 
-// EnsureLocks declares forq.BucketLocks if it is missing and returns it.
+// EnsureLocks looks forq.BucketLocks up, declares it if it is missing,
+// and returns it. The error wraps ErrNotPermitted when it is missing and
+// this user may not create it.
 func EnsureLocks(ctx context.Context, js jetstream.JetStream, replicas int) (jetstream.KeyValue, error) {
-	return ensureTTLBucket(ctx, js, jetstream.KeyValueConfig{
-		Bucket:      forq.BucketLocks,
-		Description: "forq locks: key = lock key, value = holder; each entry expires unless its holder refreshes it",
-		Storage:     jetstream.FileStorage,
-		Replicas:    max(replicas, 1),
-		History:     1,
-	})
+	d := &declarer{js: js, nc: js.Conn(), log: slog.Default()}
+	return d.bucket(ctx, locksConfig(max(replicas, 1)))
 }
 
-// EnsureUnique declares forq.BucketUnique if it is missing and returns it.
+// EnsureUnique is EnsureLocks for forq.BucketUnique.
 func EnsureUnique(ctx context.Context, js jetstream.JetStream, replicas int) (jetstream.KeyValue, error) {
-	return ensureTTLBucket(ctx, js, jetstream.KeyValueConfig{
-		Bucket:      forq.BucketUnique,
-		Description: "forq unique keys: key = unique key, value = the ID of the queued or running task that holds it",
-		Storage:     jetstream.FileStorage,
-		Replicas:    max(replicas, 1),
-		History:     1,
-	})
+	d := &declarer{js: js, nc: js.Conn(), log: slog.Default()}
+	return d.bucket(ctx, uniqueConfig(max(replicas, 1)))
 }
 
-// ensureTTLBucket looks cfg's bucket up and creates it, with per-key TTLs
-// allowed, if it is missing.
-func ensureTTLBucket(ctx context.Context, js jetstream.JetStream, cfg jetstream.KeyValueConfig) (jetstream.KeyValue, error) {
-	kv, err := js.KeyValue(ctx, cfg.Bucket)
-	if errors.Is(err, jetstream.ErrBucketNotFound) {
-		cfg.LimitMarkerTTL = markerTTL
-		kv, err = js.CreateKeyValue(ctx, cfg)
-		if errors.Is(err, jetstream.ErrBucketExists) {
-			kv, err = js.KeyValue(ctx, cfg.Bucket)
-		}
+// locksConfig is forq.BucketLocks as forq creates it: keys expire one by
+// one, leaving a marker that watchers see.
+func locksConfig(replicas int) jetstream.KeyValueConfig {
+	return jetstream.KeyValueConfig{
+		Bucket:         forq.BucketLocks,
+		Description:    "forq locks: key = lock key, value = holder; each entry expires unless its holder refreshes it",
+		Storage:        jetstream.FileStorage,
+		Replicas:       replicas,
+		History:        1,
+		LimitMarkerTTL: markerTTL,
 	}
-	if err != nil {
-		return nil, fmt.Errorf("declare KV bucket %s: %w", cfg.Bucket, err)
+}
+
+// uniqueConfig is forq.BucketUnique as forq creates it.
+func uniqueConfig(replicas int) jetstream.KeyValueConfig {
+	return jetstream.KeyValueConfig{
+		Bucket:         forq.BucketUnique,
+		Description:    "forq unique keys: key = unique key, value = the ID of the queued or running task that holds it",
+		Storage:        jetstream.FileStorage,
+		Replicas:       replicas,
+		History:        1,
+		LimitMarkerTTL: markerTTL,
 	}
-	return kv, nil
 }
