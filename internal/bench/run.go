@@ -95,6 +95,10 @@ type Figures struct {
 	// from /proc.
 	DrainBrokerCPUUsPerTask float64 `json:"drain_broker_cpu_us_per_task,omitempty"`
 	DrainWorkerCPUUsPerTask float64 `json:"drain_worker_cpu_us_per_task"`
+	// LatencyDist and LoadLatencyDist are the whole distributions behind
+	// the latency percentiles at idle and under load.
+	LatencyDist     *Distribution `json:"latency_dist,omitempty"`
+	LoadLatencyDist *Distribution `json:"load_latency_dist,omitempty"`
 	// Scale maps a pool size to its figures.
 	Scale map[string]*ScaleFigures `json:"scale,omitempty"`
 }
@@ -104,6 +108,42 @@ type ScaleFigures struct {
 	E2EPerSec     float64 `json:"e2e_per_sec"`
 	PoolStartupMs float64 `json:"pool_startup_ms"`
 	WorkerRSSMB   float64 `json:"worker_rss_mb"`
+}
+
+// Distribution is a latency distribution in little room: the latency at
+// each of a fixed list of percentiles.
+type Distribution struct {
+	// N is the number of probes measured.
+	N int `json:"n"`
+	// Percentiles are DistPercentiles, 0 the fastest probe and 100 the
+	// slowest.
+	Percentiles []float64 `json:"percentiles"`
+	// Ms[i] is the latency at Percentiles[i], in milliseconds.
+	Ms []float64 `json:"ms"`
+}
+
+// DistPercentiles are the percentiles a Distribution keeps: 0 (the
+// fastest), 1 to 99, 99.9 and 100 (the slowest).
+var DistPercentiles = func() []float64 {
+	p := []float64{0}
+	for i := 1; i <= 99; i++ {
+		p = append(p, float64(i))
+	}
+	return append(p, 99.9, 100)
+}()
+
+// distribution returns the Distribution of ns, nil if it is empty.
+func distribution(ns []int64) *Distribution {
+	if len(ns) == 0 {
+		return nil
+	}
+	s := slices.Clone(ns)
+	slices.Sort(s)
+	d := &Distribution{N: len(s), Percentiles: slices.Clone(DistPercentiles)}
+	for _, p := range d.Percentiles {
+		d.Ms = append(d.Ms, round(float64(s[rank(len(s), p)])/1e6, 4))
+	}
+	return d
 }
 
 // Settings are what a run was asked to do, and on what.
@@ -226,6 +266,7 @@ func (r *runner) mode(ctx context.Context, mode string) (*Figures, error) {
 	}
 	f.LatencyP50Ms, f.LatencyP99Ms = pct(lat.IdleNs, 50), pct(lat.IdleNs, 99)
 	f.LoadLatencyP50Ms, f.LoadLatencyP99Ms = pct(lat.LoadNs, 50), pct(lat.LoadNs, 99)
+	f.LatencyDist, f.LoadLatencyDist = distribution(lat.IdleNs), distribution(lat.LoadNs)
 	f.LoadPerSec = lat.LoadPerSec
 	if err := r.drained(ctx, c, lat.LastSeq); err != nil {
 		return nil, err
@@ -543,9 +584,13 @@ func pct(ns []int64, p float64) float64 {
 	}
 	s := slices.Clone(ns)
 	slices.Sort(s)
-	i := int(float64(len(s))*p/100+0.5) - 1
-	i = min(max(i, 0), len(s)-1)
-	return float64(s[i]) / 1e6
+	return float64(s[rank(len(s), p)]) / 1e6
+}
+
+// rank returns the index of the p-th percentile in a sorted slice of n.
+func rank(n int, p float64) int {
+	i := int(float64(n)*p/100+0.5) - 1
+	return min(max(i, 0), n-1)
 }
 
 // best combines the figures of two rounds: the higher throughput, the
@@ -560,12 +605,17 @@ func best(a, b *Figures) *Figures {
 	hi(&a.EnqueueBatchPerSec, b.EnqueueBatchPerSec)
 	hi(&a.DrainPerSec, b.DrainPerSec)
 	hi(&a.E2EPerSec, b.E2EPerSec)
+	// The idle distribution is that of the round with the lower p99.
+	if b.LatencyDist != nil && (a.LatencyDist == nil || b.LatencyP99Ms < a.LatencyP99Ms) {
+		a.LatencyDist = b.LatencyDist
+	}
 	lo(&a.LatencyP50Ms, b.LatencyP50Ms)
 	lo(&a.LatencyP99Ms, b.LatencyP99Ms)
 	// The load figures stay those of one round, the one that reached the
 	// higher rate.
 	if b.LoadPerSec > a.LoadPerSec || (b.LoadPerSec == a.LoadPerSec && b.LoadLatencyP99Ms < a.LoadLatencyP99Ms) {
 		a.LoadPerSec, a.LoadLatencyP50Ms, a.LoadLatencyP99Ms = b.LoadPerSec, b.LoadLatencyP50Ms, b.LoadLatencyP99Ms
+		a.LoadLatencyDist = b.LoadLatencyDist
 	}
 	lo(&a.WorkerRSSMB, b.WorkerRSSMB)
 	lo(&a.WorkerRSSLoadedMB, b.WorkerRSSLoadedMB)
@@ -590,6 +640,10 @@ func best(a, b *Figures) *Figures {
 // ratio returns forq ÷ baseline for each figure, with the same keys.
 func ratio(f, b *Figures) map[string]any {
 	fm, bm := toMap(f), toMap(b)
+	// A distribution is drawn, not divided.
+	for _, k := range []string{"latency_dist", "load_latency_dist"} {
+		delete(fm, k)
+	}
 	return ratioMap(fm, bm)
 }
 
