@@ -11,6 +11,29 @@ import (
 // WriteTable writes the report as a table: one row per figure, forq's
 // value, and with a baseline its value and the ratio forq ÷ baseline.
 func (r *Report) WriteTable(w io.Writer) error {
+	for _, l := range r.settingsLines() {
+		fmt.Fprintln(w, l)
+	}
+	fmt.Fprintln(w)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	if r.Baseline != nil {
+		fmt.Fprintf(tw, "%-36s\tforq\tJetStream\tforq/JetStream\t\n", "")
+	} else {
+		fmt.Fprintf(tw, "%-36s\tforq\t\n", "")
+	}
+	for _, x := range r.rows() {
+		name := fmt.Sprintf("%-36s", x.name)
+		if r.Baseline == nil {
+			fmt.Fprintf(tw, "%s\t%s\t\n", name, num(x.forq, x.digits))
+			continue
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t\n", name, num(x.forq, x.digits), num(x.base, x.digits), x.ratio())
+	}
+	return tw.Flush()
+}
+
+// settingsLines describe the run: what it measured, and on what.
+func (r *Report) settingsLines() []string {
 	s := r.Settings
 	sync := "default (written to the OS before the ack, fsync every 2 min)"
 	if s.SyncAlways {
@@ -19,39 +42,47 @@ func (r *Report) WriteTable(w io.Writer) error {
 	if !s.Embedded {
 		sync = "the broker's own setting"
 	}
-	fmt.Fprintf(w, "forq bench: %d tasks of %d bytes, %d worker processes (concurrency %d each; the baseline fetches batches of %d); best of %d round(s)\n",
-		s.Tasks, s.PayloadSize, s.Workers, s.Concurrency, s.Concurrency, s.Rounds)
-	fmt.Fprintf(w, "broker: %s; fsync: %s\n", s.Broker, sync)
+	l := []string{
+		fmt.Sprintf("forq bench: %d tasks of %d bytes, %d worker processes (concurrency %d each; the baseline fetches batches of %d); best of %d round(s)",
+			s.Tasks, s.PayloadSize, s.Workers, s.Concurrency, s.Concurrency, s.Rounds),
+		fmt.Sprintf("broker: %s; fsync: %s", s.Broker, sync),
+	}
 	if s.BaselineHeaders {
-		fmt.Fprintln(w, "the baseline publishes forq's headers (Nats-Msg-Id, Forq-Type)")
+		l = append(l, "the baseline publishes forq's headers (Nats-Msg-Id, Forq-Type)")
 	}
 	switch {
 	case s.GOMAXPROCS != "":
-		fmt.Fprintf(w, "worker processes: GOMAXPROCS=%s from the environment\n", s.GOMAXPROCS)
+		l = append(l, fmt.Sprintf("worker processes: GOMAXPROCS=%s from the environment", s.GOMAXPROCS))
 	case s.BaselineCPUShare:
-		fmt.Fprintln(w, "worker processes: GOMAXPROCS = CPUs / workers for both, as forq pool sets it")
+		l = append(l, "worker processes: GOMAXPROCS = CPUs / workers for both, as forq pool sets it")
 	default:
-		fmt.Fprintln(w, "worker processes: forq's with GOMAXPROCS = CPUs / workers, as forq pool sets it; the baseline's with Go's default")
+		l = append(l, "worker processes: forq's with GOMAXPROCS = CPUs / workers, as forq pool sets it; the baseline's with Go's default")
 	}
-	fmt.Fprintf(w, "machine: %d CPUs, %s\n\n", s.CPUs, s.CPUModel)
+	return append(l, fmt.Sprintf("machine: %d CPUs, %s", s.CPUs, s.CPUModel))
+}
 
-	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	if r.Baseline != nil {
-		fmt.Fprintf(tw, "%-36s\tforq\tJetStream\tforq/JetStream\t\n", "")
-	} else {
-		fmt.Fprintf(tw, "%-36s\tforq\t\n", "")
+// figureRow is one row of the table: a figure of forq and of the baseline
+// (0 without one), printed with digits decimals.
+type figureRow struct {
+	name       string
+	forq, base float64
+	digits     int
+}
+
+// ratio returns forq ÷ baseline with two decimals, "-" without a baseline
+// figure.
+func (x figureRow) ratio() string {
+	if x.base == 0 {
+		return "-"
 	}
+	return strconv.FormatFloat(x.forq/x.base, 'f', 2, 64)
+}
+
+// rows returns the rows of the table, in order.
+func (r *Report) rows() (out []figureRow) {
+	s := r.Settings
 	row := func(name string, f, b float64, digits int) {
-		name = fmt.Sprintf("%-36s", name)
-		if r.Baseline == nil {
-			fmt.Fprintf(tw, "%s\t%s\t\n", name, num(f, digits))
-			return
-		}
-		ratio := "-"
-		if b != 0 {
-			ratio = strconv.FormatFloat(f/b, 'f', 2, 64)
-		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t\n", name, num(f, digits), num(b, digits), ratio)
+		out = append(out, figureRow{name, f, b, digits})
 	}
 	f, b := &r.Figures, r.Baseline
 	if b == nil {
@@ -94,7 +125,7 @@ func (r *Report) WriteTable(w io.Writer) error {
 		row(fmt.Sprintf("W=%d: pool start-up (ms)", n), fs.PoolStartupMs, bs.PoolStartupMs, 1)
 		row(fmt.Sprintf("W=%d: worker RSS, idle (MiB)", n), fs.WorkerRSSMB, bs.WorkerRSSMB, 1)
 	}
-	return tw.Flush()
+	return out
 }
 
 func num(x float64, digits int) string { return strconv.FormatFloat(x, 'f', digits, 64) }

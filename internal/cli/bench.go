@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -33,6 +34,9 @@ type BenchCmd struct {
 	BaselineCPUShare bool    `help:"Give the baseline's worker processes the CPU share forq pool gives forq's (GOMAXPROCS = CPUs / workers), to tell the cost of forq's code from the gain of that layout."`
 	BaselineHeaders  bool    `help:"Make the baseline publish forq's headers too (a unique Nats-Msg-Id and the type, as forq sends a task with the default attempts), to tell the cost of the wire format from that of forq's code."`
 	JSON             bool    `help:"Print one JSON object instead of a table."`
+	HTML             string  `name:"html" placeholder:"FILE" help:"Write the report to FILE too, as one self-contained HTML page: charts (inline SVG), settings and figures; no script, nothing loaded from elsewhere."`
+	SVGDir           string  `name:"svg-dir" placeholder:"DIR" help:"Write each chart of the HTML report to DIR as an SVG file (throughput.svg, scale.svg, latency.svg)."`
+	From             string  `placeholder:"FILE" help:"Measure nothing: read the report from FILE, written by --json, and print or draw it (with --html, --svg-dir)."`
 	// No FORQ_URL: set for the other commands, it would turn a benchmark
 	// into load on a live broker, with a 'bench' queue left behind.
 	URL        string `env:"-" help:"Use the broker at this URL instead of an embedded one. Its FORQ_TASKS stream gets a 'bench' queue, emptied after the run. Only this flag: FORQ_URL does not apply."`
@@ -56,6 +60,13 @@ func (c *BenchCmd) Run(env *Env) (err error) {
 		if w < 1 {
 			return usageErr("--scale: %d workers; each size must be at least 1", w)
 		}
+	}
+	if c.From != "" {
+		rep, err := readReport(c.From)
+		if err != nil {
+			return err
+		}
+		return c.output(env, rep)
 	}
 	if c.Workers == 0 {
 		c.Workers = runtime.NumCPU()
@@ -114,12 +125,57 @@ func (c *BenchCmd) Run(env *Env) (err error) {
 	rep.Settings.Embedded = c.URL == ""
 	rep.Settings.CPUs = runtime.NumCPU()
 	rep.Settings.CPUModel, _ = bench.CPUModel()
+	return c.output(env, rep)
+}
+
+// output prints the report, as a table or JSON, and writes its HTML page
+// and SVG charts if asked.
+func (c *BenchCmd) output(env *Env, rep *bench.Report) error {
+	if c.HTML != "" {
+		if err := writeFile(c.HTML, rep.WriteHTML); err != nil {
+			return fmt.Errorf("--html: %w", err)
+		}
+		env.Log.Info("bench: wrote the HTML report", "file", c.HTML)
+	}
+	if c.SVGDir != "" {
+		files, err := rep.WriteSVGs(c.SVGDir)
+		if err != nil {
+			return fmt.Errorf("--svg-dir: %w", err)
+		}
+		env.Log.Info("bench: wrote the charts", "files", files)
+	}
 	if c.JSON {
 		enc := json.NewEncoder(env.Stdout)
 		enc.SetIndent("", "  ")
 		return enc.Encode(rep)
 	}
 	return rep.WriteTable(env.Stdout)
+}
+
+// readReport reads a report written by forq bench --json.
+func readReport(file string) (*bench.Report, error) {
+	b, err := os.ReadFile(file) //nolint:gosec // the user's own file
+	if err != nil {
+		return nil, fmt.Errorf("--from: %w", err)
+	}
+	var rep bench.Report
+	if err := json.Unmarshal(b, &rep); err != nil {
+		return nil, fmt.Errorf("--from %s: %w", file, err)
+	}
+	return &rep, nil
+}
+
+// writeFile creates file and writes it with write.
+func writeFile(file string, write func(io.Writer) error) error {
+	f, err := os.Create(file) //nolint:gosec // the user's own file
+	if err != nil {
+		return err
+	}
+	if err := write(f); err != nil {
+		_ = f.Close() // the error to report is write's
+		return err
+	}
+	return f.Close()
 }
 
 // startProfile starts a CPU profile into file; stop ends it and reports
