@@ -2,16 +2,22 @@ package e2e
 
 import (
 	"encoding/json"
+	"os"
+	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 )
 
 // "forq bench" runs end to end with a small N and reports, as JSON, every
-// documented figure for forq, the baseline and their ratio. No speed is
-// asserted: only that each figure was measured.
+// documented figure for forq, the baseline and their ratio, and draws them
+// (--html, --svg-dir, and again with --from). No speed is asserted: only
+// that each figure was measured.
 func TestBenchReportsEveryFigure(t *testing.T) {
+	dir := t.TempDir()
 	code, out, errOut := run(t, nil, nil, "bench", "--tasks", "1000", "--workers", "2", "--samples", "20",
-		"--rate", "500", "--scale", "1,2", "--baseline", "--json")
+		"--rate", "500", "--scale", "1,2", "--baseline", "--json",
+		"--html", filepath.Join(dir, "r.html"), "--svg-dir", filepath.Join(dir, "svg"))
 	if code != 0 {
 		t.Fatalf("forq bench exit code %d, want 0; stderr:\n%s", code, tail(errOut, 3000))
 	}
@@ -60,6 +66,14 @@ func TestBenchReportsEveryFigure(t *testing.T) {
 				}
 			}
 		}
+		if name == "ratio" {
+			if _, ok := m["latency_dist"]; ok {
+				t.Errorf("ratio: has latency_dist, a distribution to draw, not to divide")
+			}
+			return
+		}
+		checkDist(t, name+": latency_dist", m["latency_dist"], 20)
+		checkDist(t, name+": load_latency_dist", m["load_latency_dist"], -1)
 	}
 	check("forq", rep)
 	for _, obj := range []string{"baseline", "ratio"} {
@@ -71,6 +85,50 @@ func TestBenchReportsEveryFigure(t *testing.T) {
 	}
 	if s, ok := rep["settings"].(map[string]any); !ok || s["workers"] != 2.0 || s["tasks"] != 1000.0 {
 		t.Errorf("settings = %v, want workers 2 and tasks 1000", rep["settings"])
+	}
+
+	// The page and the charts, and the same drawn again from the JSON.
+	page, err := os.ReadFile(filepath.Join(dir, "r.html"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := strings.Count(string(page), "<svg "); n != 4 {
+		t.Errorf("the HTML report has %d charts, want 4", n)
+	}
+	for _, f := range []string{"throughput", "scale", "latency", "latency-tail"} {
+		if _, err := os.Stat(filepath.Join(dir, "svg", f+".svg")); err != nil {
+			t.Errorf("--svg-dir: %v", err)
+		}
+	}
+	saved := filepath.Join(dir, "r.json")
+	if err := os.WriteFile(saved, []byte(out), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	again := filepath.Join(dir, "again.html")
+	if code, _, errOut := run(t, nil, nil, "bench", "--from", saved, "--html", again); code != 0 {
+		t.Fatalf("forq bench --from: exit %d, want 0; stderr:\n%s", code, errOut)
+	}
+	if b, err := os.ReadFile(again); err != nil || string(b) != string(page) {
+		t.Errorf("--from: the page drawn again from the JSON differs (err %v)", err)
+	}
+}
+
+// checkDist checks a latency distribution of the JSON report: n probes
+// (n < 0: some), a latency at each percentile, in order.
+func checkDist(t *testing.T, name string, v any, n int) {
+	t.Helper()
+	var d struct {
+		N           int       `json:"n"`
+		Percentiles []float64 `json:"percentiles"`
+		Ms          []float64 `json:"ms"`
+	}
+	b, _ := json.Marshal(v)
+	if err := json.Unmarshal(b, &d); err != nil || d.N < 1 || n >= 0 && d.N != n {
+		t.Errorf("%s = %v, want a distribution of %d probes", name, v, n)
+		return
+	}
+	if len(d.Percentiles) < 100 || len(d.Ms) != len(d.Percentiles) || !slices.IsSorted(d.Ms) || d.Ms[0] <= 0 {
+		t.Errorf("%s: got %d percentiles, latencies %v; want as many positive latencies, in order", name, len(d.Percentiles), d.Ms)
 	}
 }
 
