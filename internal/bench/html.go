@@ -35,17 +35,21 @@ type Chart struct {
 // Charts returns the charts of the report, each only when the report has
 // its figures: the headline throughput, end to end against the pool
 // size, and the latency distributions.
+//
+// A new figure gets its chart from a method that returns it, false when
+// the report lacks the figure, listed here. modeBars and modeLines draw a
+// figure of each mode, forq beside the baseline, in a few lines.
 func (r *Report) Charts() []Chart {
 	var out []Chart
-	out = append(out, r.throughputChart())
-	if c, ok := r.scaleChart(); ok {
-		out = append(out, c)
-	}
-	if c, ok := r.latencyChart(); ok {
-		out = append(out, c)
-	}
-	if c, ok := r.tailChart(); ok {
-		out = append(out, c)
+	for _, chart := range []func() (Chart, bool){
+		r.throughputChart,
+		r.scaleChart,
+		r.latencyChart,
+		r.tailChart,
+	} {
+		if c, ok := chart(); ok {
+			out = append(out, c)
+		}
 	}
 	return out
 }
@@ -60,57 +64,91 @@ func (r *Report) modes() (names []string, figs []*Figures, colors []string) {
 	return names, figs, colors
 }
 
-func (r *Report) throughputChart() Chart {
+// Bar is a group of bars of a chart of the modes: its label, and how to
+// read its value from a mode's figures.
+type Bar struct {
+	Label string
+	Of    func(*Figures) float64
+}
+
+// modeBars returns a bar chart with a group per bar: a bar per mode, and
+// with a baseline the ratio forq ÷ baseline at the right.
+func (r *Report) modeBars(title, unit string, bars ...Bar) BarChart {
 	names, figs, colors := r.modes()
-	c := BarChart{Title: "Throughput", Unit: "tasks/s (more is better)", Series: names, Colors: colors}
-	group := func(label string, v func(*Figures) float64) {
-		g := BarGroup{Label: label}
+	c := BarChart{Title: title, Unit: unit, Series: names, Colors: colors}
+	if r.Baseline != nil {
+		c.NoteHeading = "forq ÷ JetStream"
+	}
+	for _, b := range bars {
+		g := BarGroup{Label: b.Label}
 		for _, f := range figs {
-			g.Values = append(g.Values, v(f))
+			g.Values = append(g.Values, b.Of(f))
 		}
 		if len(g.Values) == 2 && g.Values[1] != 0 {
 			g.Note = fmt.Sprintf("%.2f", g.Values[0]/g.Values[1])
 		}
 		c.Groups = append(c.Groups, g)
 	}
-	group("enqueue, one at a time", func(f *Figures) float64 { return f.EnqueuePerSec })
-	group("enqueue, batch", func(f *Figures) float64 { return f.EnqueueBatchPerSec })
-	group("drain a full queue", func(f *Figures) float64 { return f.DrainPerSec })
-	group("end to end", func(f *Figures) float64 { return f.E2EPerSec })
+	return c
+}
+
+// modeLines returns a series per mode of the points that points reads
+// from its figures; a mode without any is left out.
+func (r *Report) modeLines(points func(*Figures) []Point) []Series {
+	names, figs, colors := r.modes()
+	var out []Series
+	for i, f := range figs {
+		if p := points(f); len(p) > 0 {
+			out = append(out, Series{Name: names[i], Color: colors[i], Points: p})
+		}
+	}
+	return out
+}
+
+// xsOf returns the x values of the series' points, in order, once each:
+// the ticks of an axis of a few measured values.
+func xsOf(series []Series) []float64 {
+	var xs []float64
+	for _, s := range series {
+		for _, p := range s.Points {
+			xs = append(xs, p.X)
+		}
+	}
+	slices.Sort(xs)
+	return slices.Compact(xs)
+}
+
+func (r *Report) throughputChart() (Chart, bool) {
+	c := r.modeBars("Throughput", "tasks/s (more is better)",
+		Bar{"enqueue, one at a time", func(f *Figures) float64 { return f.EnqueuePerSec }},
+		Bar{"enqueue, batch", func(f *Figures) float64 { return f.EnqueueBatchPerSec }},
+		Bar{"drain a full queue", func(f *Figures) float64 { return f.DrainPerSec }},
+		Bar{"end to end", func(f *Figures) float64 { return f.E2EPerSec }},
+	)
 	caption := "The headline throughput figures."
 	if r.Baseline != nil {
 		caption += " At the right: forq ÷ JetStream."
-		c.NoteHeading = "forq ÷ JetStream"
 	}
-	return Chart{Name: "throughput", Heading: "Throughput", Caption: caption, Plot: c}
+	return Chart{Name: "throughput", Heading: "Throughput", Caption: caption, Plot: c}, true
 }
 
 // scaleChart draws end-to-end throughput against the pool size.
 func (r *Report) scaleChart() (Chart, bool) {
-	names, figs, colors := r.modes()
 	c := LineChart{
 		Title: "End to end against worker processes", XLabel: "worker processes W (log scale)", YLabel: "tasks/s",
 		LogX: true, YZero: true,
 	}
-	ws := map[float64]bool{}
-	for i, f := range figs {
-		s := Series{Name: names[i], Color: colors[i]}
+	c.Series = r.modeLines(func(f *Figures) (p []Point) {
 		for _, k := range sortedScale(f.Scale) {
 			w, _ := strconv.Atoi(k)
-			s.Points = append(s.Points, Point{float64(w), f.Scale[k].E2EPerSec})
-			ws[float64(w)] = true
+			p = append(p, Point{float64(w), f.Scale[k].E2EPerSec})
 		}
-		if len(s.Points) > 0 {
-			c.Series = append(c.Series, s)
-		}
-	}
+		return p
+	})
 	if len(c.Series) == 0 {
 		return Chart{}, false
 	}
-	for w := range ws {
-		c.XTicks = append(c.XTicks, w)
-	}
-	slices.Sort(c.XTicks)
+	c.XTicks = xsOf(c.Series)
 	return Chart{
 		Name: "scale", Heading: "Pool size", Plot: c,
 		Caption: "End-to-end throughput (first publish to last ack) with W worker processes, one producer.",
