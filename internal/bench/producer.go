@@ -42,6 +42,9 @@ type ProducerOptions struct {
 	// de-duplicates, and Forq-Type), to tell the wire format's cost from
 	// forq's code's.
 	Headers bool
+	// Queues, if not 0, spreads the batch of PhaseE2E over that many
+	// queues, task i to QueueName(i % Queues); else all go to Queue.
+	Queues int
 }
 
 // ProducerResult is what a producer process prints, as JSON.
@@ -69,7 +72,10 @@ type publisher interface {
 	many(ctx context.Context, batch any) (uint64, error)
 }
 
-type forqPub struct{ p *producer.Producer }
+type forqPub struct {
+	p      *producer.Producer
+	queues int // see ProducerOptions.Queues
+}
 
 func (f forqPub) one(ctx context.Context, payload []byte) (uint64, error) {
 	i, err := f.p.Enqueue(ctx, forq.Task{Queue: Queue, Type: TaskType, Payload: payload})
@@ -82,7 +88,11 @@ func (f forqPub) one(ctx context.Context, payload []byte) (uint64, error) {
 func (f forqPub) batch(payloads [][]byte) any {
 	tasks := make([]forq.Task, len(payloads))
 	for i, p := range payloads {
-		tasks[i] = forq.Task{Queue: Queue, Type: TaskType, Payload: p}
+		q := Queue
+		if f.queues > 0 {
+			q = QueueName(i % f.queues)
+		}
+		tasks[i] = forq.Task{Queue: q, Type: TaskType, Payload: p}
 	}
 	return tasks
 }
@@ -102,16 +112,19 @@ func (f forqPub) many(ctx context.Context, batch any) (uint64, error) {
 type basePub struct {
 	js      jetstream.JetStream
 	headers bool
+	queues  int // see ProducerOptions.Queues
 }
 
-func (b basePub) msg(payload []byte) *nats.Msg {
+func (b basePub) msg(payload []byte) *nats.Msg { return b.msgTo(BaselineSubject, payload) }
+
+func (b basePub) msgTo(subject string, payload []byte) *nats.Msg {
 	if !b.headers {
-		return &nats.Msg{Subject: BaselineSubject, Data: payload}
+		return &nats.Msg{Subject: subject, Data: payload}
 	}
 	// forq's headers as a task of the default options has them.
 	m := wire.NewMsg()
 	m.Encode(&forq.Task{ID: forq.NewID(), Type: TaskType, MaxAttempts: forq.DefaultMaxAttempts})
-	m.Subject, m.Data = BaselineSubject, payload
+	m.Subject, m.Data = subject, payload
 	return &m.Msg
 }
 
@@ -126,7 +139,11 @@ func (b basePub) one(ctx context.Context, payload []byte) (uint64, error) {
 func (b basePub) batch(payloads [][]byte) any {
 	msgs := make([]*nats.Msg, len(payloads))
 	for i, p := range payloads {
-		msgs[i] = b.msg(p)
+		subject := BaselineSubject
+		if b.queues > 0 {
+			_, subject = baselineQueue(QueueName(i % b.queues))
+		}
+		msgs[i] = b.msgTo(subject, p)
 	}
 	return msgs
 }
@@ -167,13 +184,13 @@ func RunProducer(ctx context.Context, nc *nats.Conn, o ProducerOptions) (*Produc
 		if err != nil {
 			return nil, err
 		}
-		pub = forqPub{p}
+		pub = forqPub{p: p, queues: o.Queues}
 	case ModeBaseline:
 		js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(producer.DefaultWindow))
 		if err != nil {
 			return nil, err
 		}
-		pub = basePub{js: js, headers: o.Headers}
+		pub = basePub{js: js, headers: o.Headers, queues: o.Queues}
 	default:
 		return nil, fmt.Errorf("bench: unknown mode %q", o.Mode)
 	}

@@ -45,6 +45,12 @@ type Options struct {
 	Concurrency int
 	// Scale lists pool sizes whose end-to-end throughput is measured too.
 	Scale []int
+	// Queues, if not 0, measures a pool of that many workers, each
+	// serving a queue of its own, end to end and idle: see queues.go.
+	Queues int
+	// IdleTime is how long the idle CPU of that pool is measured over;
+	// 0 means DefaultIdleTime.
+	IdleTime time.Duration
 	// Baseline runs plain JetStream too.
 	Baseline bool
 	// Rounds is how many times each mode is measured, forq and baseline
@@ -101,6 +107,8 @@ type Figures struct {
 	LoadLatencyDist *Distribution `json:"load_latency_dist,omitempty"`
 	// Scale maps a pool size to its figures.
 	Scale map[string]*ScaleFigures `json:"scale,omitempty"`
+	// Queues are the figures of the many-queue pool (Options.Queues).
+	Queues *QueuesFigures `json:"queues,omitempty"`
 }
 
 // ScaleFigures are the measurements of one pool size.
@@ -163,6 +171,8 @@ type Settings struct {
 	// process then has; empty when each mode's default applies.
 	GOMAXPROCS string `json:"gomaxprocs,omitempty"`
 	Scale      []int  `json:"scale,omitempty"`
+	// Queues is the size of the many-queue pool, 0 when not measured.
+	Queues     int    `json:"queues,omitempty"`
 	Broker     string `json:"broker"`
 	SyncAlways bool   `json:"sync_always"`
 	// Embedded is true when the broker ran in forq bench's process.
@@ -205,7 +215,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	rep := &Report{Settings: Settings{
 		Tasks: o.Tasks, Single: r.single, Workers: o.Workers, Concurrency: o.Concurrency,
 		PayloadSize: max(o.PayloadSize, MinPayload), Rate: o.Rate, Samples: o.Samples, Scale: o.Scale, Rounds: max(o.Rounds, 1), BaselineHeaders: o.BaselineHeaders,
-		BaselineCPUShare: o.BaselineCPUShare, GOMAXPROCS: os.Getenv("GOMAXPROCS"),
+		BaselineCPUShare: o.BaselineCPUShare, GOMAXPROCS: os.Getenv("GOMAXPROCS"), Queues: o.Queues,
 	}}
 	var f, b *Figures
 	for range max(o.Rounds, 1) {
@@ -332,6 +342,11 @@ func (r *runner) mode(ctx context.Context, mode string) (*Figures, error) {
 	if len(f.Scale) == 0 {
 		f.Scale = nil
 	}
+	if r.o.Queues > 0 {
+		if f.Queues, err = r.manyQueues(ctx, mode, f.E2EPerSec); err != nil {
+			return nil, err
+		}
+	}
 	return f, nil
 }
 
@@ -369,7 +384,7 @@ func (r *runner) setup(ctx context.Context, mode string) (jetstream.Consumer, er
 	_ = r.js.DeleteStream(ctx, BaselineStream)
 	s, err := r.js.CreateStream(ctx, jetstream.StreamConfig{
 		Name:       BaselineStream,
-		Subjects:   []string{BaselineSubject},
+		Subjects:   []string{BaselineSubject, BaselineSubject + ".>"}, // the second for --queues
 		Retention:  jetstream.WorkQueuePolicy,
 		Storage:    jetstream.FileStorage,
 		Duplicates: forq.DefaultDuplicateWindow,
@@ -377,16 +392,7 @@ func (r *runner) setup(ctx context.Context, mode string) (jetstream.Consumer, er
 	if err != nil {
 		return nil, fmt.Errorf("create stream %s: %w", BaselineStream, err)
 	}
-	// The same consumer configuration as forq's queues.
-	return s.CreateConsumer(ctx, jetstream.ConsumerConfig{
-		Durable:       BaselineConsumer,
-		FilterSubject: BaselineSubject,
-		AckPolicy:     jetstream.AckExplicitPolicy,
-		AckWait:       forq.DefaultAckWait,
-		MaxDeliver:    -1,
-		MaxAckPending: 100_000,
-		DeliverPolicy: jetstream.DeliverAllPolicy,
-	})
+	return s.CreateConsumer(ctx, baselineConsumerConfig(BaselineConsumer, BaselineSubject))
 }
 
 func (r *runner) teardown(mode string) {
@@ -534,6 +540,11 @@ func cpuOf(pid int) int64 {
 
 // produce runs a producer process for phase and returns its result.
 func (r *runner) produce(ctx context.Context, mode, phase string, workers int) (*ProducerResult, error) {
+	return r.produceArgs(ctx, mode, phase, workers)
+}
+
+// produceArgs is produce with extra arguments to the producer process.
+func (r *runner) produceArgs(ctx context.Context, mode, phase string, workers int, extra ...string) (*ProducerResult, error) {
 	loadTasks := max(100, min(r.o.Tasks/4, int(r.o.Rate*2)))
 	args := append(slices.Clone(r.o.Command), "bench-producer", "--mode", mode, "--phase", phase,
 		"--url", r.o.URL, "--tasks", strconv.Itoa(r.o.Tasks), "--single", strconv.Itoa(r.single),
@@ -542,6 +553,7 @@ func (r *runner) produce(ctx context.Context, mode, phase string, workers int) (
 	if r.o.BaselineHeaders {
 		args = append(args, "--headers")
 	}
+	args = append(args, extra...)
 	if r.o.ProfileDir != "" {
 		args = append(args, "--cpuprofile", filepath.Join(r.o.ProfileDir, fmt.Sprintf("producer-%s-w%d-%s.pprof", mode, workers, phase)))
 	}
@@ -624,6 +636,7 @@ func best(a, b *Figures) *Figures {
 	lo(&a.ClientCPUUsPerTask, b.ClientCPUUsPerTask)
 	lo(&a.DrainBrokerCPUUsPerTask, b.DrainBrokerCPUUsPerTask)
 	lo(&a.DrainWorkerCPUUsPerTask, b.DrainWorkerCPUUsPerTask)
+	a.Queues = bestQueues(a.Queues, b.Queues)
 	for k, bs := range b.Scale {
 		as := a.Scale[k]
 		if as == nil {

@@ -125,6 +125,7 @@ func (r *Report) rows() (out []figureRow) {
 		row(fmt.Sprintf("W=%d: pool start-up (ms)", n), fs.PoolStartupMs, bs.PoolStartupMs, 1)
 		row(fmt.Sprintf("W=%d: worker RSS, idle (MiB)", n), fs.WorkerRSSMB, bs.WorkerRSSMB, 1)
 	}
+	queuesRows(f.Queues, b.Queues, row)
 	return out
 }
 

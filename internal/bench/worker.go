@@ -19,6 +19,9 @@ type WorkerOptions struct {
 	// Concurrency is the forq worker's Config.Concurrency, and the
 	// baseline worker's fetch batch.
 	Concurrency int
+	// Queue is the queue the worker serves; "" is the main one (Queue,
+	// or the baseline's BaselineConsumer).
+	Queue string
 	// Log gets the forq worker's events.
 	Log *slog.Logger
 }
@@ -36,7 +39,11 @@ func RunWorker(ctx context.Context, nc *nats.Conn, o WorkerOptions) error {
 }
 
 func forqWorker(ctx context.Context, nc *nats.Conn, o WorkerOptions) error {
-	w, err := consumer.New(ctx, nc, consumer.Config{Queues: []string{Queue}, Concurrency: o.Concurrency, Logger: o.Log})
+	q := o.Queue
+	if q == "" {
+		q = Queue
+	}
+	w, err := consumer.New(ctx, nc, consumer.Config{Queues: []string{q}, Concurrency: o.Concurrency, Logger: o.Log})
 	if err != nil {
 		return err
 	}
@@ -57,7 +64,8 @@ func baselineWorker(ctx context.Context, nc *nats.Conn, o WorkerOptions) error {
 	if err != nil {
 		return err
 	}
-	c, err := js.Consumer(ctx, BaselineStream, BaselineConsumer)
+	name, _ := baselineQueue(o.Queue)
+	c, err := js.Consumer(ctx, BaselineStream, name)
 	if err != nil {
 		return fmt.Errorf("baseline consumer: %w", err)
 	}

@@ -11,6 +11,7 @@ import (
 	"runtime"
 	"runtime/pprof"
 	"strings"
+	"time"
 
 	"github.com/forqhq/forq/broker"
 	"github.com/forqhq/forq/internal/bench"
@@ -22,21 +23,23 @@ import (
 // BenchCmd is "forq bench [flags]". The processes it starts are the hidden
 // commands bench-worker and bench-producer of the same binary.
 type BenchCmd struct {
-	Tasks            int     `default:"20000" help:"Tasks per throughput measurement."`
-	Workers          int     `short:"w" default:"0" help:"Worker processes; 0 is the number of CPUs."`
-	PayloadSize      int     `default:"64" help:"Payload of each task in bytes (at least 16: the enqueue time and a probe number)."`
-	Rate             float64 `default:"2000" help:"Tasks per second of the latency-under-load measurement."`
-	Samples          int     `default:"1000" help:"Tasks sent one at a time at idle to measure latency."`
-	Concurrency      int     `short:"c" default:"256" help:"Each forq worker's --concurrency (it fetches up to that many tasks per pull, at most 256); the baseline's fetch batch."`
-	Scale            []int   `default:"1,2,4,8" help:"Pool sizes whose end-to-end throughput, start-up and RSS are measured too; empty to skip."`
-	Baseline         bool    `help:"Measure plain JetStream in the same layout too, and print the ratio forq/JetStream of each figure."`
-	Rounds           int     `default:"1" help:"Measure each mode this many times, forq and baseline alternately, and report the best of each figure (a busy machine is noisy)."`
-	BaselineCPUShare bool    `help:"Give the baseline's worker processes the CPU share forq pool gives forq's (GOMAXPROCS = CPUs / workers), to tell the cost of forq's code from the gain of that layout."`
-	BaselineHeaders  bool    `help:"Make the baseline publish forq's headers too (a unique Nats-Msg-Id and the type, as forq sends a task with the default attempts), to tell the cost of the wire format from that of forq's code."`
-	JSON             bool    `help:"Print one JSON object instead of a table."`
-	HTML             string  `name:"html" placeholder:"FILE" help:"Write the report to FILE too, as one self-contained HTML page: charts (inline SVG), settings and figures; no script, nothing loaded from elsewhere."`
-	SVGDir           string  `name:"svg-dir" placeholder:"DIR" help:"Write each chart of the HTML report to DIR as an SVG file (throughput.svg, scale.svg, latency.svg)."`
-	From             string  `placeholder:"FILE" help:"Measure nothing: read the report from FILE, written by --json, and print or draw it (with --html, --svg-dir)."`
+	Tasks            int           `default:"20000" help:"Tasks per throughput measurement."`
+	Workers          int           `short:"w" default:"0" help:"Worker processes; 0 is the number of CPUs."`
+	PayloadSize      int           `default:"64" help:"Payload of each task in bytes (at least 16: the enqueue time and a probe number)."`
+	Rate             float64       `default:"2000" help:"Tasks per second of the latency-under-load measurement."`
+	Samples          int           `default:"1000" help:"Tasks sent one at a time at idle to measure latency."`
+	Concurrency      int           `short:"c" default:"256" help:"Each forq worker's --concurrency (it fetches up to that many tasks per pull, at most 256); the baseline's fetch batch."`
+	Scale            []int         `default:"1,2,4,8" help:"Pool sizes whose end-to-end throughput, start-up and RSS are measured too; empty to skip."`
+	Queues           int           `default:"0" help:"Also measure this many queues, each served by a worker process of its own, end to end (against one queue with the main pool), and the broker's and workers' CPU while that pool sits idle; 0 to skip."`
+	IdleTime         time.Duration `default:"5s" help:"How long the idle CPU of the --queues pool is measured over."`
+	Baseline         bool          `help:"Measure plain JetStream in the same layout too, and print the ratio forq/JetStream of each figure."`
+	Rounds           int           `default:"1" help:"Measure each mode this many times, forq and baseline alternately, and report the best of each figure (a busy machine is noisy)."`
+	BaselineCPUShare bool          `help:"Give the baseline's worker processes the CPU share forq pool gives forq's (GOMAXPROCS = CPUs / workers), to tell the cost of forq's code from the gain of that layout."`
+	BaselineHeaders  bool          `help:"Make the baseline publish forq's headers too (a unique Nats-Msg-Id and the type, as forq sends a task with the default attempts), to tell the cost of the wire format from that of forq's code."`
+	JSON             bool          `help:"Print one JSON object instead of a table."`
+	HTML             string        `name:"html" placeholder:"FILE" help:"Write the report to FILE too, as one self-contained HTML page: charts (inline SVG), settings and figures; no script, nothing loaded from elsewhere."`
+	SVGDir           string        `name:"svg-dir" placeholder:"DIR" help:"Write each chart of the HTML report to DIR as an SVG file (throughput.svg, scale.svg, latency.svg)."`
+	From             string        `placeholder:"FILE" help:"Measure nothing: read the report from FILE, written by --json, and print or draw it (with --html, --svg-dir)."`
 	// No FORQ_URL: set for the other commands, it would turn a benchmark
 	// into load on a live broker, with a 'bench' queue left behind.
 	URL        string `env:"-" help:"Use the broker at this URL instead of an embedded one. Its FORQ_TASKS stream gets a 'bench' queue, emptied after the run. Only this flag: FORQ_URL does not apply."`
@@ -49,6 +52,9 @@ type BenchCmd struct {
 func (c *BenchCmd) Run(env *Env) (err error) {
 	if c.Tasks < 1 || c.Samples < 1 || c.Rounds < 1 || c.Concurrency < 1 || c.Rate <= 0 || c.Workers < 0 {
 		return usageErr("--tasks, --samples, --rounds, --concurrency and --rate must be positive, --workers not negative")
+	}
+	if c.Queues < 0 || c.Queues > 1024 || c.IdleTime <= 0 {
+		return usageErr("--queues must be 0 to 1024, --idle-time positive")
 	}
 	if c.SyncAlways && c.URL != "" {
 		return usageErr("--sync-always sets the embedded broker's fsync; with --url the broker's own setting holds")
@@ -114,7 +120,7 @@ func (c *BenchCmd) Run(env *Env) (err error) {
 	rep, err := bench.Run(ctx, bench.Options{
 		Command: []string{exe, "--log-level=warn"}, URL: url,
 		Tasks: c.Tasks, Workers: c.Workers, PayloadSize: c.PayloadSize, Rate: c.Rate,
-		Samples: c.Samples, Concurrency: c.Concurrency, Scale: c.Scale, Baseline: c.Baseline, Rounds: c.Rounds, BaselineHeaders: c.BaselineHeaders, BaselineCPUShare: c.BaselineCPUShare,
+		Samples: c.Samples, Concurrency: c.Concurrency, Scale: c.Scale, Queues: c.Queues, IdleTime: c.IdleTime, Baseline: c.Baseline, Rounds: c.Rounds, BaselineHeaders: c.BaselineHeaders, BaselineCPUShare: c.BaselineCPUShare,
 		ProfileDir: c.ProfileDir, EmbeddedBroker: c.URL == "", Stderr: env.Stderr, Log: env.Log,
 	})
 	if err != nil {
@@ -203,6 +209,7 @@ type BenchWorkerCmd struct {
 	Mode        string `required:"" enum:"forq,baseline" help:"forq or baseline."`
 	URL         string `required:"" help:"Broker URL."`
 	Concurrency int    `default:"256" help:"The forq worker's concurrency; the baseline's fetch batch."`
+	Queue       string `placeholder:"QUEUE" help:"Serve this queue (the baseline: the consumer of that name) instead of the main one; %i is replaced by the pool index."`
 	CPUProfile  string `name:"cpuprofile" placeholder:"FILE" help:"Write a CPU profile to FILE; %i is replaced by the pool index."`
 }
 
@@ -228,7 +235,7 @@ func (c *BenchWorkerCmd) Run(env *Env) (err error) {
 		return err
 	}
 	defer nc.Close()
-	return bench.RunWorker(ctx, nc, bench.WorkerOptions{Mode: c.Mode, Concurrency: c.Concurrency, Log: env.Log})
+	return bench.RunWorker(ctx, nc, bench.WorkerOptions{Mode: c.Mode, Concurrency: c.Concurrency, Queue: strings.ReplaceAll(c.Queue, "%i", os.Getenv(pool.EnvIndex)), Log: env.Log})
 }
 
 // BenchProducerCmd is a producer process of "forq bench".
@@ -243,6 +250,7 @@ type BenchProducerCmd struct {
 	LoadTasks   int     `default:"100" help:"Latency probes at --rate."`
 	Rate        float64 `default:"1000" help:"Probes per second under load."`
 	Headers     bool    `help:"Baseline: publish forq's headers too."`
+	Queues      int     `help:"Spread the e2e batch over this many queues (bench-q0, bench-q1, ...) instead of the main queue."`
 	CPUProfile  string  `name:"cpuprofile" placeholder:"FILE" help:"Write a CPU profile to FILE."`
 }
 
@@ -262,7 +270,7 @@ func (c *BenchProducerCmd) Run(env *Env) (err error) {
 	defer nc.Close()
 	res, err := bench.RunProducer(context.Background(), nc, bench.ProducerOptions{
 		Mode: c.Mode, Phase: c.Phase, Tasks: c.Tasks, Single: c.Single, PayloadSize: c.PayloadSize,
-		Samples: c.Samples, LoadTasks: c.LoadTasks, Rate: c.Rate, Headers: c.Headers,
+		Samples: c.Samples, LoadTasks: c.LoadTasks, Rate: c.Rate, Headers: c.Headers, Queues: c.Queues,
 	})
 	if err != nil {
 		return err
