@@ -22,6 +22,9 @@ type WorkerOptions struct {
 	// Queue is the queue the worker serves; "" is the main one (Queue,
 	// or the baseline's BaselineConsumer).
 	Queue string
+	// IdlePoll and StatusInterval are the forq worker's Config fields
+	// (0: their defaults), to measure what an idle worker costs.
+	IdlePoll, StatusInterval time.Duration
 	// Log gets the forq worker's events.
 	Log *slog.Logger
 }
@@ -43,7 +46,10 @@ func forqWorker(ctx context.Context, nc *nats.Conn, o WorkerOptions) error {
 	if q == "" {
 		q = Queue
 	}
-	w, err := consumer.New(ctx, nc, consumer.Config{Queues: []string{q}, Concurrency: o.Concurrency, Logger: o.Log})
+	w, err := consumer.New(ctx, nc, consumer.Config{
+		Queues: []string{q}, Concurrency: o.Concurrency, Logger: o.Log,
+		IdlePoll: o.IdlePoll, StatusInterval: o.StatusInterval,
+	})
 	if err != nil {
 		return err
 	}

@@ -206,11 +206,13 @@ func startProfile(file string) (stop func() error, err error) {
 
 // BenchWorkerCmd is a worker process of "forq bench".
 type BenchWorkerCmd struct {
-	Mode        string `required:"" enum:"forq,baseline" help:"forq or baseline."`
-	URL         string `required:"" help:"Broker URL."`
-	Concurrency int    `default:"256" help:"The forq worker's concurrency; the baseline's fetch batch."`
-	Queue       string `placeholder:"QUEUE" help:"Serve this queue (the baseline: the consumer of that name) instead of the main one; %i is replaced by the pool index."`
-	CPUProfile  string `name:"cpuprofile" placeholder:"FILE" help:"Write a CPU profile to FILE; %i is replaced by the pool index."`
+	Mode           string        `required:"" enum:"forq,baseline" help:"forq or baseline."`
+	URL            string        `required:"" help:"Broker URL."`
+	Concurrency    int           `default:"256" help:"The forq worker's concurrency; the baseline's fetch batch."`
+	Queue          string        `placeholder:"QUEUE" help:"Serve this queue (the baseline: the consumer of that name) instead of the main one; %i is replaced by the pool index."`
+	IdlePoll       time.Duration `help:"forq: the worker's Config.IdlePoll; 0 is its default."`
+	StatusInterval time.Duration `help:"forq: the worker's Config.StatusInterval; 0 is its default, negative turns it off."`
+	CPUProfile     string        `name:"cpuprofile" placeholder:"FILE" help:"Write a CPU profile to FILE; %i is replaced by the pool index."`
 }
 
 // Run runs the worker until SIGTERM.
@@ -235,7 +237,8 @@ func (c *BenchWorkerCmd) Run(env *Env) (err error) {
 		return err
 	}
 	defer nc.Close()
-	return bench.RunWorker(ctx, nc, bench.WorkerOptions{Mode: c.Mode, Concurrency: c.Concurrency, Queue: strings.ReplaceAll(c.Queue, "%i", os.Getenv(pool.EnvIndex)), Log: env.Log})
+	return bench.RunWorker(ctx, nc, bench.WorkerOptions{Mode: c.Mode, Concurrency: c.Concurrency, Queue: strings.ReplaceAll(c.Queue, "%i", os.Getenv(pool.EnvIndex)),
+		IdlePoll: c.IdlePoll, StatusInterval: c.StatusInterval, Log: env.Log})
 }
 
 // BenchProducerCmd is a producer process of "forq bench".
