@@ -133,14 +133,21 @@ func (p *puller) sweep(ctx context.Context, next func() ([]*source, int), k int)
 	e := p.e
 	sweep, idle := next()
 	now := time.Now()
-	// The sources this sweep asks: those not known to be empty.
+	// The sources this sweep asks: those not known to be empty. The idle
+	// source whose long poll just ended with nothing is not asked with a
+	// no-wait pull first: it is long-polled again at the end of the
+	// sweep, as at once as a no-wait pull would be answered.
 	asks := p.asks[:0]
 	for i, src := range sweep {
+		if i == idle && src == p.polledEmpty {
+			continue
+		}
 		if !src.skip(now, p.idleWait) {
 			asks = append(asks, i)
 		}
 	}
 	p.asks = asks
+	p.polledEmpty = nil
 	polled := false
 	for _, i := range asks {
 		if got == k {
@@ -162,6 +169,9 @@ func (p *puller) sweep(ctx context.Context, next func() ([]*source, int), k int)
 			return got, src, err
 		}
 		e.pulled(src, n, now)
+		if polled && n == 0 {
+			p.polledEmpty = src
+		}
 	}
 	if got == 0 && !polled && ctx.Err() == nil {
 		src := sweep[idle]
@@ -170,6 +180,9 @@ func (p *puller) sweep(ctx context.Context, next func() ([]*source, int), k int)
 			return got, src, err
 		}
 		e.pulled(src, got, time.Now())
+		if got == 0 {
+			p.polledEmpty = src
+		}
 	}
 	return got, nil, nil
 }
@@ -218,6 +231,9 @@ type puller struct {
 	body     []byte
 	timer    *time.Timer
 	idleWait time.Duration // the long poll of an idle sweep
+	// polledEmpty is the source the last sweep long-polled for nothing,
+	// nil if it found tasks or did not long-poll: see sweep.
+	polledEmpty *source
 }
 
 // pull asks src for up to k tasks, waiting at most wait at the broker, or
