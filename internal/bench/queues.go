@@ -111,7 +111,7 @@ func (r *runner) manyQueues(ctx context.Context, mode string, oneQueue float64) 
 	if err != nil {
 		return nil, err
 	}
-	if err := allDrained(ctx, cs); err != nil {
+	if err := r.allDrained(ctx, mode); err != nil {
 		return nil, err
 	}
 	q.E2EPerSec = float64(r.o.Tasks) / time.Since(time.Unix(0, res.StartNs)).Seconds()
@@ -243,22 +243,35 @@ func (r *runner) startQueuesPool(ctx context.Context, mode string, cs []jetstrea
 	}
 }
 
-// allDrained waits until every consumer of cs has no task pending or
-// unacknowledged. The tasks are all stored when it is called (the
-// producer has had their acks), so a consumer found drained stays so.
-func allDrained(ctx context.Context, cs []jetstream.Consumer) error {
+// allDrained waits until the many-queue pool of mode has no task left in
+// its stream: a work-queue stream removes a task once it is acked. One
+// request per check, whatever the number of queues (asking each queue's
+// consumer would load the broker with as many).
+func (r *runner) allDrained(ctx context.Context, mode string) error {
+	stream, filter, prefix := BaselineStream, BaselineSubject+".>", BaselineSubject+"."
+	if mode == ModeForq {
+		stream, filter, prefix = forq.StreamTasks, forq.SubjectTasksPrefix+">", wire.TaskSubject(strings.TrimSuffix(QueuePattern, "%i"))
+	}
+	s, err := r.js.Stream(ctx, stream)
+	if err != nil {
+		return err
+	}
 	deadline := time.Now().Add(5 * time.Minute)
-	left := slices.Clone(cs)
 	for {
-		left = slices.DeleteFunc(left, func(c jetstream.Consumer) bool {
-			i, err := c.Info(ctx)
-			return err == nil && i.NumPending == 0 && i.NumAckPending == 0
-		})
-		if len(left) == 0 {
+		left := -1
+		if i, err := s.Info(ctx, jetstream.WithSubjectFilter(filter)); err == nil {
+			left = 0
+			for subject, n := range i.State.Subjects {
+				if strings.HasPrefix(subject, prefix) {
+					left += int(n)
+				}
+			}
+		}
+		if left == 0 {
 			return nil
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("%d queues not drained after 5 minutes", len(left))
+			return fmt.Errorf("%d tasks of the queues not done after 5 minutes", left)
 		}
 		if err := sleep.For(ctx, 2*time.Millisecond); err != nil {
 			return err
