@@ -220,9 +220,24 @@ type fields struct {
 	msgID, taskID, typ, maxAttempts, timeout, record, deadline, priority, lock, unique string
 }
 
-// scan reads h's task headers into f in one pass over the headers a task has
-// (two, by default), rather than a lookup of each one it may have.
+// scan reads h's task headers into f. A task sent with the defaults has
+// two headers, its ID and its type: those are looked up, and when they are
+// all h has, that is all; otherwise one pass over h reads every header a
+// task may have, rather than a lookup of each. (Ranging over a map starts
+// at a random place, which costs more than two lookups in a small one.)
 func (f *fields) scan(h nats.Header) {
+	found := 0
+	if vs := h[hdrID]; len(vs) != 0 {
+		f.msgID = vs[0]
+		found++
+	}
+	if vs := h[hdrType]; len(vs) != 0 {
+		f.typ = vs[0]
+		found++
+	}
+	if found == len(h) {
+		return
+	}
 	for k, vs := range h {
 		if len(vs) == 0 {
 			continue
