@@ -61,6 +61,7 @@ func (w *Worker) cancelRequested(id string) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.canceled[id] = struct{}{}
+	w.anyCanceled.Store(true)
 	for r := range w.running {
 		if r.id == id {
 			r.cancel(forq.ErrCanceled)
@@ -69,6 +70,9 @@ func (w *Worker) cancelRequested(id string) {
 }
 
 func (w *Worker) isCanceled(id string) bool {
+	if !w.anyCanceled.Load() {
+		return false
+	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	_, ok := w.canceled[id]

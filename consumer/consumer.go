@@ -251,6 +251,10 @@ type Worker struct {
 	processed atomic.Int64
 	inflight  atomic.Int64
 	succeeded atomic.Int64 // tasks that succeeded (WorkerStatus.Succeeded)
+	// anyCanceled is set (under mu) when canceled (below) gets its first entry:
+	// entries are never removed, and until there is one, isCanceled, asked
+	// twice for every task, need not take mu.
+	anyCanceled atomic.Bool
 	// queueRecord says which queues record every task (forq.MetadataRecord).
 	queueRecord atomic.Pointer[map[string]bool]
 	started     time.Time
