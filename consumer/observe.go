@@ -72,7 +72,9 @@ func (w *Worker) observeStart(t *Task, now time.Time) {
 // InFlight returns how many tasks this worker is processing now.
 func (w *Worker) InFlight() int64 { return w.inflight.Load() }
 
-func (w *Worker) observe(t *Task, o Outcome, res *forq.Result) {
+// observe counts outcome o of task t, whose delivery ended at end, and
+// tells the Observer.
+func (w *Worker) observe(t *Task, o Outcome, res *forq.Result, end time.Time) {
 	var d time.Duration
 	if !res.StartedAt.IsZero() && !res.FinishedAt.IsZero() {
 		d = res.FinishedAt.Sub(res.StartedAt)
@@ -80,7 +82,7 @@ func (w *Worker) observe(t *Task, o Outcome, res *forq.Result) {
 	if o == OutcomeSucceeded {
 		w.succeeded.Add(1)
 	}
-	w.window.add(t.Queue, o)
+	w.window.add(t.Queue, o, end)
 	if w.cfg.Observer != nil {
 		w.cfg.Observer.TaskDone(t.Queue, t.Type, o, d)
 	}
@@ -100,8 +102,10 @@ type bucket struct {
 
 func newWindow() *window { return &window{queues: map[string]*[60]bucket{}} }
 
-func (win *window) add(queue string, o Outcome) {
-	now := time.Now().Unix()
+// add counts outcome o of a task of queue that ended at end (the
+// caller's clock reading, rather than one more time.Now per task).
+func (win *window) add(queue string, o Outcome, end time.Time) {
+	now := end.Unix()
 	win.mu.Lock()
 	defer win.mu.Unlock()
 	bs := win.queues[queue]

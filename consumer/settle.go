@@ -195,6 +195,7 @@ func (w *Worker) settle(d *delivery, o outcome) {
 	if d.res.FinishedAt.IsZero() {
 		d.res.FinishedAt = time.Now().UTC()
 	}
+	end := d.res.FinishedAt // a queued record clears FinishedAt below
 	if o == oFailed {
 		o = w.judge(d)
 	}
@@ -227,7 +228,7 @@ func (w *Worker) settle(d *delivery, o outcome) {
 		w.eng.Unclaim(1)
 	}
 	if r.observe != "" {
-		w.observe(t, r.observe, &d.res)
+		w.observe(t, r.observe, &d.res, end)
 	}
 }
 
