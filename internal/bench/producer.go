@@ -3,7 +3,9 @@ package bench
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/forqhq/forq"
@@ -17,12 +19,18 @@ import (
 const (
 	// PhaseLatency sends probes one at a time at idle, then at a fixed rate.
 	PhaseLatency = "latency"
-	// PhaseEnqueue enqueues tasks one by one (synchronously), then in a
-	// batch, into a paused queue.
+	// PhaseEnqueue enqueues tasks one by one (synchronously), then one by
+	// one from ConcurrentProducers goroutines at once, then in a batch,
+	// into a paused queue.
 	PhaseEnqueue = "enqueue"
 	// PhaseE2E enqueues a batch while the workers run.
 	PhaseE2E = "e2e"
 )
+
+// ConcurrentProducers is how many goroutines of one producer process
+// enqueue at once in PhaseEnqueue's concurrent part, each one task at a
+// time and waiting for its ack, as the handlers of a web server do.
+const ConcurrentProducers = 16
 
 // ProducerOptions configure one producer process of a run.
 type ProducerOptions struct {
@@ -31,6 +39,9 @@ type ProducerOptions struct {
 	Tasks int
 	// Single is how many tasks PhaseEnqueue enqueues one by one.
 	Single int
+	// Concurrent is how many tasks PhaseEnqueue enqueues one by one from
+	// ConcurrentProducers goroutines.
+	Concurrent int
 	// PayloadSize of each task in bytes (at least MinPayload).
 	PayloadSize int
 	// Samples is the number of idle latency probes; LoadTasks the number
@@ -54,7 +65,9 @@ type ProducerResult struct {
 	// LastSeq is the highest stream sequence acknowledged.
 	LastSeq      uint64  `json:"last_seq"`
 	SinglePerSec float64 `json:"single_per_sec,omitempty"`
-	BatchPerSec  float64 `json:"batch_per_sec,omitempty"`
+	// ConcurrentPerSec is the rate of PhaseEnqueue's concurrent part.
+	ConcurrentPerSec float64 `json:"concurrent_per_sec,omitempty"`
+	BatchPerSec      float64 `json:"batch_per_sec,omitempty"`
 	// IdleNs and LoadNs are the latencies of the probes, enqueue to
 	// handler start.
 	IdleNs     []int64 `json:"idle_ns,omitempty"`
@@ -210,6 +223,9 @@ func RunProducer(ctx context.Context, nc *nats.Conn, o ProducerOptions) (*Produc
 			res.LastSeq = max(res.LastSeq, seq)
 		}
 		res.SinglePerSec = float64(len(ps)) / time.Since(t0).Seconds()
+		if err := concurrent(ctx, pub, o, res); err != nil {
+			return nil, err
+		}
 		batch := pub.batch(payloads(o.Tasks, o.PayloadSize))
 		t0 = time.Now()
 		seq, err := pub.many(ctx, batch)
@@ -232,6 +248,39 @@ func RunProducer(ctx context.Context, nc *nats.Conn, o ProducerOptions) (*Produc
 		return res, nil
 	}
 	return nil, fmt.Errorf("bench: unknown phase %q", o.Phase)
+}
+
+// concurrent enqueues o.Concurrent tasks one by one from
+// ConcurrentProducers goroutines, each waiting for its task's ack before
+// it sends the next.
+func concurrent(ctx context.Context, pub publisher, o ProducerOptions, res *ProducerResult) error {
+	if o.Concurrent <= 0 {
+		return nil
+	}
+	ps := payloads(o.Concurrent, o.PayloadSize)
+	seqs := make([]uint64, ConcurrentProducers)
+	errs := make([]error, ConcurrentProducers)
+	var wg sync.WaitGroup
+	t0 := time.Now()
+	for g := range ConcurrentProducers {
+		wg.Go(func() {
+			// Goroutine g sends tasks g, g+16, g+32...
+			for i := g; i < len(ps); i += ConcurrentProducers {
+				seq, err := pub.one(ctx, ps[i])
+				if err != nil {
+					errs[g] = fmt.Errorf("enqueue (concurrent): %w", err)
+					return
+				}
+				seqs[g] = max(seqs[g], seq)
+			}
+		})
+	}
+	wg.Wait()
+	res.ConcurrentPerSec = float64(len(ps)) / time.Since(t0).Seconds()
+	for g := range seqs {
+		res.LastSeq = max(res.LastSeq, seqs[g])
+	}
+	return errors.Join(errs...)
 }
 
 func payloads(n, size int) [][]byte {

@@ -75,18 +75,21 @@ type Options struct {
 
 // Figures are the measurements of one mode.
 type Figures struct {
-	EnqueuePerSec      float64 `json:"enqueue_per_sec"`
-	EnqueueBatchPerSec float64 `json:"enqueue_batch_per_sec"`
-	DrainPerSec        float64 `json:"drain_per_sec"`
-	E2EPerSec          float64 `json:"e2e_per_sec"`
-	LatencyP50Ms       float64 `json:"latency_p50_ms"`
-	LatencyP99Ms       float64 `json:"latency_p99_ms"`
-	LoadLatencyP50Ms   float64 `json:"load_latency_p50_ms"`
-	LoadLatencyP99Ms   float64 `json:"load_latency_p99_ms"`
-	LoadPerSec         float64 `json:"load_per_sec"`
-	WorkerRSSMB        float64 `json:"worker_rss_mb"`
-	WorkerRSSLoadedMB  float64 `json:"worker_rss_loaded_mb"`
-	PoolStartupMs      float64 `json:"pool_startup_ms"`
+	EnqueuePerSec float64 `json:"enqueue_per_sec"`
+	// EnqueueConcurrentPerSec is the rate of ConcurrentProducers
+	// goroutines of one process, each enqueueing one task at a time.
+	EnqueueConcurrentPerSec float64 `json:"enqueue_concurrent_per_sec"`
+	EnqueueBatchPerSec      float64 `json:"enqueue_batch_per_sec"`
+	DrainPerSec             float64 `json:"drain_per_sec"`
+	E2EPerSec               float64 `json:"e2e_per_sec"`
+	LatencyP50Ms            float64 `json:"latency_p50_ms"`
+	LatencyP99Ms            float64 `json:"latency_p99_ms"`
+	LoadLatencyP50Ms        float64 `json:"load_latency_p50_ms"`
+	LoadLatencyP99Ms        float64 `json:"load_latency_p99_ms"`
+	LoadPerSec              float64 `json:"load_per_sec"`
+	WorkerRSSMB             float64 `json:"worker_rss_mb"`
+	WorkerRSSLoadedMB       float64 `json:"worker_rss_loaded_mb"`
+	PoolStartupMs           float64 `json:"pool_startup_ms"`
 	// BrokerCPUUsPerTask and ClientCPUUsPerTask are the CPU time (user
 	// and system) of the broker, and of the producer and worker
 	// processes, over the whole measurement of the mode divided by the
@@ -156,8 +159,12 @@ func distribution(ns []int64) *Distribution {
 
 // Settings are what a run was asked to do, and on what.
 type Settings struct {
-	Tasks           int     `json:"tasks"`
-	Single          int     `json:"single_tasks"`
+	Tasks  int `json:"tasks"`
+	Single int `json:"single_tasks"`
+	// Concurrent is how many tasks ConcurrentProducers goroutines
+	// enqueue one at a time, Producers how many goroutines.
+	Concurrent      int     `json:"concurrent_tasks"`
+	Producers       int     `json:"concurrent_producers"`
 	Workers         int     `json:"workers"`
 	Concurrency     int     `json:"concurrency"`
 	PayloadSize     int     `json:"payload_size"`
@@ -195,7 +202,9 @@ type runner struct {
 	nc     *nats.Conn
 	js     jetstream.JetStream
 	single int
-	tasks  int // tasks run in the current mode, for the CPU figures
+	// concurrent is how many tasks the concurrent enqueue sends.
+	concurrent int
+	tasks      int // tasks run in the current mode, for the CPU figures
 }
 
 // Run measures forq, and the baseline when asked, on the broker at o.URL.
@@ -211,9 +220,9 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	if err != nil {
 		return nil, err
 	}
-	r := &runner{o: o, nc: nc, js: js, single: min(max(o.Tasks/4, 100), 5000)}
+	r := &runner{o: o, nc: nc, js: js, single: min(max(o.Tasks/4, 100), 5000), concurrent: min(max(o.Tasks/2, 10*ConcurrentProducers), 20000)}
 	rep := &Report{Settings: Settings{
-		Tasks: o.Tasks, Single: r.single, Workers: o.Workers, Concurrency: o.Concurrency,
+		Tasks: o.Tasks, Single: r.single, Concurrent: r.concurrent, Producers: ConcurrentProducers, Workers: o.Workers, Concurrency: o.Concurrency,
 		PayloadSize: max(o.PayloadSize, MinPayload), Rate: o.Rate, Samples: o.Samples, Scale: o.Scale, Rounds: max(o.Rounds, 1), BaselineHeaders: o.BaselineHeaders,
 		BaselineCPUShare: o.BaselineCPUShare, GOMAXPROCS: os.Getenv("GOMAXPROCS"), Queues: o.Queues,
 	}}
@@ -291,7 +300,7 @@ func (r *runner) mode(ctx context.Context, mode string) (*Figures, error) {
 	if err != nil {
 		return nil, err
 	}
-	f.EnqueuePerSec, f.EnqueueBatchPerSec = enq.SinglePerSec, enq.BatchPerSec
+	f.EnqueuePerSec, f.EnqueueConcurrentPerSec, f.EnqueueBatchPerSec = enq.SinglePerSec, enq.ConcurrentPerSec, enq.BatchPerSec
 	// A resume does not wake the broker's delivery loop, the end of a
 	// pause does: pause again until a moment just ahead, the start.
 	broker0, _ := cpuTimes()
@@ -303,9 +312,9 @@ func (r *runner) mode(ctx context.Context, mode string) (*Figures, error) {
 	if err := r.drained(ctx, c, enq.LastSeq); err != nil {
 		return nil, err
 	}
-	f.DrainPerSec = float64(r.single+r.o.Tasks) / time.Since(t0).Seconds()
+	drained := float64(r.single + r.concurrent + r.o.Tasks)
+	f.DrainPerSec = drained / time.Since(t0).Seconds()
 	broker1, _ := cpuTimes()
-	drained := float64(r.single + r.o.Tasks)
 	f.DrainWorkerCPUUsPerTask = round(float64(p.cpu()-workers0)/1e3/drained, 2)
 	if r.o.EmbeddedBroker {
 		f.DrainBrokerCPUUsPerTask = round(float64(broker1-broker0)/1e3/drained, 2)
@@ -547,7 +556,7 @@ func (r *runner) produce(ctx context.Context, mode, phase string, workers int) (
 func (r *runner) produceArgs(ctx context.Context, mode, phase string, workers int, extra ...string) (*ProducerResult, error) {
 	loadTasks := max(100, min(r.o.Tasks/4, int(r.o.Rate*2)))
 	args := append(slices.Clone(r.o.Command), "bench-producer", "--mode", mode, "--phase", phase,
-		"--url", r.o.URL, "--tasks", strconv.Itoa(r.o.Tasks), "--single", strconv.Itoa(r.single),
+		"--url", r.o.URL, "--tasks", strconv.Itoa(r.o.Tasks), "--single", strconv.Itoa(r.single), "--concurrent", strconv.Itoa(r.concurrent),
 		"--payload-size", strconv.Itoa(r.o.PayloadSize), "--samples", strconv.Itoa(r.o.Samples),
 		"--load-tasks", strconv.Itoa(loadTasks), "--rate", strconv.FormatFloat(r.o.Rate, 'f', -1, 64))
 	if r.o.BaselineHeaders {
@@ -571,7 +580,7 @@ func (r *runner) produceArgs(ctx context.Context, mode, phase string, workers in
 	case PhaseLatency:
 		r.tasks += r.o.Samples + loadTasks
 	case PhaseEnqueue:
-		r.tasks += r.single + r.o.Tasks
+		r.tasks += r.single + r.concurrent + r.o.Tasks
 	case PhaseE2E:
 		r.tasks += r.o.Tasks
 	}
@@ -614,6 +623,7 @@ func best(a, b *Figures) *Figures {
 	hi := func(x *float64, y float64) { *x = max(*x, y) }
 	lo := func(x *float64, y float64) { *x = min(*x, y) }
 	hi(&a.EnqueuePerSec, b.EnqueuePerSec)
+	hi(&a.EnqueueConcurrentPerSec, b.EnqueueConcurrentPerSec)
 	hi(&a.EnqueueBatchPerSec, b.EnqueueBatchPerSec)
 	hi(&a.DrainPerSec, b.DrainPerSec)
 	hi(&a.E2EPerSec, b.E2EPerSec)

@@ -89,6 +89,7 @@ func (r *Report) rows() (out []figureRow) {
 		b = &Figures{}
 	}
 	row("enqueue, one at a time (tasks/s)", f.EnqueuePerSec, b.EnqueuePerSec, 0)
+	row(fmt.Sprintf("enqueue, 1 at a time × %d (tasks/s)", s.Producers), f.EnqueueConcurrentPerSec, b.EnqueueConcurrentPerSec, 0)
 	row("enqueue, batch (tasks/s)", f.EnqueueBatchPerSec, b.EnqueueBatchPerSec, 0)
 	row("drain a full queue (tasks/s)", f.DrainPerSec, b.DrainPerSec, 0)
 	row("end to end (tasks/s)", f.E2EPerSec, b.E2EPerSec, 0)

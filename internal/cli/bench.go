@@ -248,6 +248,7 @@ type BenchProducerCmd struct {
 	URL         string  `required:"" help:"Broker URL."`
 	Tasks       int     `default:"1000" help:"Tasks of a batch."`
 	Single      int     `default:"100" help:"Tasks enqueued one at a time."`
+	Concurrent  int     `default:"0" help:"Tasks enqueued one at a time by 16 goroutines at once (phase enqueue)."`
 	PayloadSize int     `default:"64" help:"Payload size in bytes."`
 	Samples     int     `default:"100" help:"Latency probes at idle."`
 	LoadTasks   int     `default:"100" help:"Latency probes at --rate."`
@@ -272,7 +273,7 @@ func (c *BenchProducerCmd) Run(env *Env) (err error) {
 	}
 	defer nc.Close()
 	res, err := bench.RunProducer(context.Background(), nc, bench.ProducerOptions{
-		Mode: c.Mode, Phase: c.Phase, Tasks: c.Tasks, Single: c.Single, PayloadSize: c.PayloadSize,
+		Mode: c.Mode, Phase: c.Phase, Tasks: c.Tasks, Single: c.Single, Concurrent: c.Concurrent, PayloadSize: c.PayloadSize,
 		Samples: c.Samples, LoadTasks: c.LoadTasks, Rate: c.Rate, Headers: c.Headers, Queues: c.Queues,
 	})
 	if err != nil {

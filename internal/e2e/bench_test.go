@@ -26,7 +26,7 @@ func TestBenchReportsEveryFigure(t *testing.T) {
 		t.Fatalf("output is not one JSON object: %v\n%s", err, out)
 	}
 	keys := []string{
-		"enqueue_per_sec", "enqueue_batch_per_sec", "drain_per_sec", "e2e_per_sec",
+		"enqueue_per_sec", "enqueue_concurrent_per_sec", "enqueue_batch_per_sec", "drain_per_sec", "e2e_per_sec",
 		"latency_p50_ms", "latency_p99_ms", "load_latency_p50_ms", "load_latency_p99_ms", "load_per_sec",
 		"worker_rss_mb", "worker_rss_loaded_mb", "pool_startup_ms", "broker_cpu_us_per_task", "client_cpu_us_per_task",
 		"drain_broker_cpu_us_per_task",
