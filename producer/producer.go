@@ -10,6 +10,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/forqhq/forq"
@@ -148,20 +149,21 @@ func (p *Producer) Enqueue(ctx context.Context, task forq.Task, opts ...Option) 
 	if err != nil {
 		return nil, err
 	}
-	ack, err := p.publish(ctx, msg)
+	ack, err := p.publish(ctx, &msg.Msg)
+	release(msg)
 	if err != nil {
 		p.counts.of(task.Queue).failed.Add(1)
 		p.forget(task)
 		sc := storageCheck{ctx: ctx, nc: p.nc}
 		return nil, fmt.Errorf("enqueue %s: %w", task.ID, sc.wrap(err))
 	}
-	if ack.Duplicate {
+	if ack.dup {
 		p.counts.of(task.Queue).duplicates.Add(1)
 	} else {
 		p.counts.of(task.Queue).enqueued.Add(1)
 		p.unrecorded.note(&task)
 	}
-	return &Info{ID: task.ID, Queue: task.Queue, Sequence: ack.Sequence, Duplicate: ack.Duplicate}, nil
+	return &Info{ID: task.ID, Queue: task.Queue, Sequence: ack.seq, Duplicate: ack.dup}, nil
 }
 
 // BatchError reports the tasks of an EnqueueMany that were not enqueued.
@@ -318,14 +320,27 @@ func (p *Producer) settleMany(tasks []forq.Task, acks []pubAck, skip []bool, dup
 	return infos, nil
 }
 
+// msgs are Enqueue's messages, reused once published: a message and
+// its headers are most of what an enqueue allocates.
+var msgs = sync.Pool{New: func() any { return wire.NewMsg() }}
+
 // prepare applies o to the task and validates it, records it as queued if it
-// asks for a record, and builds its message.
-func (p *Producer) prepare(ctx context.Context, t *forq.Task, o *options) (*nats.Msg, error) {
-	b := wire.NewMsg()
+// asks for a record, and builds its message, from msgs: put it back once
+// published.
+func (p *Producer) prepare(ctx context.Context, t *forq.Task, o *options) (*wire.Msg, error) {
+	b := msgs.Get().(*wire.Msg)
 	if err := p.check(ctx, t, o, b); err != nil {
+		release(b)
 		return nil, err
 	}
-	return &b.Msg, nil
+	return b, nil
+}
+
+// release puts a message of prepare back into msgs, once published (the
+// connection has copied its bytes by then), without the caller's payload.
+func release(b *wire.Msg) {
+	b.Data = nil
+	msgs.Put(b)
 }
 
 // check applies o to t and validates it, encodes it into b, checks its

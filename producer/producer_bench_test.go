@@ -1,10 +1,16 @@
 package producer
 
 import (
+	"context"
+	"runtime"
+	"syscall"
 	"testing"
 
 	"github.com/forqhq/forq"
 	"github.com/forqhq/forq/internal/testutil"
+	"github.com/forqhq/forq/internal/wire"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 func benchProducer(b *testing.B) *Producer {
@@ -58,4 +64,93 @@ func BenchmarkEnqueueMany(b *testing.B) {
 	if _, err := p.EnqueueMany(b.Context(), tasks); err != nil {
 		b.Fatal(err)
 	}
+}
+
+// BenchmarkRoundTrip splits the cost of one synchronous enqueue on a real
+// embedded broker (docs/bench.md, "One task at a time"): forq's Enqueue;
+// the same message (wire.Msg, forq's headers) published with a plain
+// JetStream PublishMsg to forq's stream, which leaves out forq's client
+// code; forq's headers on a plain work-queue stream, which leaves out the
+// stream's settings too; and a message without headers there, which
+// leaves out the de-duplication and the headers. "par16" runs 16
+// goroutines at once, each one enqueue at a time.
+func BenchmarkRoundTrip(b *testing.B) {
+	p := benchProducer(b)
+	js, err := jetstream.New(p.nc)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if _, err := js.CreateStream(b.Context(), jetstream.StreamConfig{
+		Name: "PLAIN", Subjects: []string{"plain"}, Retention: jetstream.WorkQueuePolicy,
+		Storage: jetstream.FileStorage, Duplicates: forq.DefaultDuplicateWindow,
+	}); err != nil {
+		b.Fatal(err)
+	}
+	payload := make([]byte, 64)
+	forqMsg := func(subject string) *nats.Msg {
+		m := wire.NewMsg()
+		m.Encode(&forq.Task{ID: forq.NewID(), Queue: forq.DefaultQueue, Type: "noop", MaxAttempts: forq.DefaultMaxAttempts, Payload: payload})
+		if subject != "" {
+			m.Subject = subject
+		}
+		return &m.Msg
+	}
+	cases := []struct {
+		name string
+		one  func(ctx context.Context) error
+	}{
+		{"forq", func(ctx context.Context) error {
+			_, err := p.Enqueue(ctx, forq.Task{Type: "noop", Payload: payload})
+			return err
+		}},
+		{"js-forq-stream", func(ctx context.Context) error {
+			_, err := js.PublishMsg(ctx, forqMsg(""))
+			return err
+		}},
+		{"js-headers", func(ctx context.Context) error {
+			_, err := js.PublishMsg(ctx, forqMsg("plain"))
+			return err
+		}},
+		{"js", func(ctx context.Context) error {
+			_, err := js.PublishMsg(ctx, &nats.Msg{Subject: "plain", Data: payload})
+			return err
+		}},
+	}
+	for _, c := range cases {
+		b.Run(c.name, func(b *testing.B) {
+			b.ReportAllocs()
+			defer cpuPerOp(b)()
+			for b.Loop() {
+				if err := c.one(b.Context()); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+		b.Run(c.name+"/par16", func(b *testing.B) {
+			b.ReportAllocs()
+			b.SetParallelism(max(1, 16/runtime.GOMAXPROCS(0)))
+			defer cpuPerOp(b)()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					if err := c.one(b.Context()); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+		})
+	}
+}
+
+// cpuPerOp reports the process's CPU time (user and system: the client's
+// and the embedded broker's) per operation, as cpu-ns/op: less moved by a
+// busy machine than ns/op. Call the function it returns at the end.
+func cpuPerOp(b *testing.B) func() {
+	cpu := func() int64 {
+		var u syscall.Rusage
+		_ = syscall.Getrusage(syscall.RUSAGE_SELF, &u)
+		return u.Utime.Nano() + u.Stime.Nano()
+	}
+	t0 := cpu()
+	return func() { b.ReportMetric(float64(cpu()-t0)/float64(b.N), "cpu-ns/op") }
 }

@@ -1,8 +1,11 @@
 package producer
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"sync"
 	"time"
 
@@ -121,7 +124,7 @@ func retryable(err error) bool {
 // a deadline from ctx waits at most the JetStream client's default
 // timeout, as a plain publish would (and costs no more: that is the
 // context a plain publish makes).
-func (p *Producer) publish(ctx context.Context, m *nats.Msg) (*jetstream.PubAck, error) {
+func (p *Producer) publish(ctx context.Context, m *nats.Msg) (pubAck, error) {
 	first := time.Now()
 	wait := 50 * time.Millisecond
 	for {
@@ -133,7 +136,7 @@ func (p *Producer) publish(ctx context.Context, m *nats.Msg) (*jetstream.PubAck,
 			actx, c.cancel = context.WithTimeout(ctx, p.apiTimeout)
 		}
 		p.conn.add(c)
-		ack, err := p.js.PublishMsg(actx, m)
+		ack, err := request(actx, p.nc, m)
 		if p.conn.remove(c) && err != nil && ctx.Err() == nil {
 			err = errConnDropped
 		}
@@ -146,11 +149,43 @@ func (p *Producer) publish(ctx context.Context, m *nats.Msg) (*jetstream.PubAck,
 			// a little. After a drop the publish waits in the
 			// connection's buffer until it reconnects, so no pause.
 			if !sleep(ctx, wait) {
-				return nil, err
+				return ack, err
 			}
 			wait = min(2*wait, time.Second)
 		}
 	}
+}
+
+// request publishes m and waits for the stream's answer: what
+// jetstream.PublishMsg does, with the same errors, but for its own retry
+// of a publish no stream answered (publish retries it) and its JSON
+// decoding of an acknowledgement, which parsePubAck reads instead. An
+// answer that is an error is decoded as PublishMsg decodes it, into a
+// *jetstream.APIError.
+func request(ctx context.Context, nc *nats.Conn, m *nats.Msg) (pubAck, error) {
+	resp, err := nc.RequestMsgWithContext(ctx, m)
+	if err != nil {
+		if errors.Is(err, nats.ErrNoResponders) {
+			return pubAck{}, jetstream.ErrNoStreamResponse
+		}
+		return pubAck{}, err
+	}
+	if bytes.Contains(resp.Data, []byte(`"error"`)) {
+		var e struct {
+			Error *jetstream.APIError `json:"error"`
+		}
+		if err := json.Unmarshal(resp.Data, &e); err == nil && e.Error != nil {
+			return pubAck{}, fmt.Errorf("nats: %w", e.Error)
+		}
+	}
+	if !bytes.Contains(resp.Data, []byte(`"stream":`)) {
+		return pubAck{}, jetstream.ErrInvalidJSAck
+	}
+	a := parsePubAck(resp)
+	if a.err != nil {
+		return pubAck{}, jetstream.ErrInvalidJSAck
+	}
+	return a, nil
 }
 
 func sleep(ctx context.Context, d time.Duration) bool {
