@@ -73,10 +73,14 @@ func ParsePriority(s string) (Priority, error) {
 	return 0, fmt.Errorf("%w: priority %q: use low, normal or high", ErrInvalidOption, s)
 }
 
+// reservedSuffixes are the suffixes of the priority levels' consumers,
+// made once: every enqueue checks its queue's name against them.
+var reservedSuffixes = [...]string{levelSep + PriorityHigh.String(), levelSep + PriorityLow.String()}
+
 // reservedQueueSuffix reports the reserved suffix name ends with, if any.
 func reservedQueueSuffix(name string) (string, bool) {
-	for _, p := range [...]Priority{PriorityHigh, PriorityLow} {
-		if s := levelSep + p.String(); strings.HasSuffix(name, s) {
+	for _, s := range reservedSuffixes {
+		if strings.HasSuffix(name, s) {
 			return s, true
 		}
 	}
