@@ -48,6 +48,9 @@ type ProducerOptions struct {
 	// sent at Rate per second.
 	Samples, LoadTasks int
 	Rate               float64
+	// BrokerPID, if not 0, is the broker's process, whose CPU time the
+	// one-at-a-time and concurrent enqueues measure (from /proc).
+	BrokerPID int
 	// Headers makes the baseline publish the headers forq gives a task with
 	// the default options (a unique Nats-Msg-Id, so the broker
 	// de-duplicates, and Forq-Type), to tell the wire format's cost from
@@ -67,12 +70,49 @@ type ProducerResult struct {
 	SinglePerSec float64 `json:"single_per_sec,omitempty"`
 	// ConcurrentPerSec is the rate of PhaseEnqueue's concurrent part.
 	ConcurrentPerSec float64 `json:"concurrent_per_sec,omitempty"`
-	BatchPerSec      float64 `json:"batch_per_sec,omitempty"`
+	// Single and Concurrent are the CPU time per task of the one at a
+	// time and concurrent enqueues: this process's, and the broker's when
+	// its BrokerPID was given.
+	Single      CPUSplit `json:"single"`
+	Concurrent  CPUSplit `json:"concurrent"`
+	BatchPerSec float64  `json:"batch_per_sec,omitempty"`
 	// IdleNs and LoadNs are the latencies of the probes, enqueue to
 	// handler start.
 	IdleNs     []int64 `json:"idle_ns,omitempty"`
 	LoadNs     []int64 `json:"load_ns,omitempty"`
 	LoadPerSec float64 `json:"load_per_sec,omitempty"`
+}
+
+// CPUSplit is the CPU time per task, user and system, of the producer
+// process and of the broker, in microseconds.
+type CPUSplit struct {
+	ProducerUs float64 `json:"producer_us"`
+	BrokerUs   float64 `json:"broker_us,omitempty"`
+}
+
+// cpuMeter measures a CPUSplit.
+type cpuMeter struct {
+	broker       int
+	self0, brok0 int64
+}
+
+func startCPU(brokerPID int) *cpuMeter {
+	m := &cpuMeter{broker: brokerPID}
+	m.self0, _ = cpuTimes()
+	if brokerPID != 0 {
+		m.brok0 = cpuOf(brokerPID)
+	}
+	return m
+}
+
+// per returns the CPU time since startCPU divided by n tasks.
+func (m *cpuMeter) per(n int) CPUSplit {
+	self, _ := cpuTimes()
+	s := CPUSplit{ProducerUs: round(float64(self-m.self0)/1e3/float64(n), 2)}
+	if m.broker != 0 {
+		s.BrokerUs = round(float64(cpuOf(m.broker)-m.brok0)/1e3/float64(n), 2)
+	}
+	return s
 }
 
 // publisher is what the two modes have in common.
@@ -214,6 +254,7 @@ func RunProducer(ctx context.Context, nc *nats.Conn, o ProducerOptions) (*Produc
 	case PhaseEnqueue:
 		ps := payloads(o.Single, o.PayloadSize)
 		res.StartNs = time.Now().UnixNano()
+		cpu := startCPU(o.BrokerPID)
 		t0 := time.Now()
 		for _, p := range ps {
 			seq, err := pub.one(ctx, p)
@@ -223,6 +264,7 @@ func RunProducer(ctx context.Context, nc *nats.Conn, o ProducerOptions) (*Produc
 			res.LastSeq = max(res.LastSeq, seq)
 		}
 		res.SinglePerSec = float64(len(ps)) / time.Since(t0).Seconds()
+		res.Single = cpu.per(len(ps))
 		if err := concurrent(ctx, pub, o, res); err != nil {
 			return nil, err
 		}
@@ -261,6 +303,7 @@ func concurrent(ctx context.Context, pub publisher, o ProducerOptions, res *Prod
 	seqs := make([]uint64, ConcurrentProducers)
 	errs := make([]error, ConcurrentProducers)
 	var wg sync.WaitGroup
+	cpu := startCPU(o.BrokerPID)
 	t0 := time.Now()
 	for g := range ConcurrentProducers {
 		wg.Go(func() {
@@ -277,6 +320,7 @@ func concurrent(ctx context.Context, pub publisher, o ProducerOptions, res *Prod
 	}
 	wg.Wait()
 	res.ConcurrentPerSec = float64(len(ps)) / time.Since(t0).Seconds()
+	res.Concurrent = cpu.per(len(ps))
 	for g := range seqs {
 		res.LastSeq = max(res.LastSeq, seqs[g])
 	}

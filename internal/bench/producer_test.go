@@ -2,6 +2,7 @@ package bench
 
 import (
 	"bytes"
+	"os"
 	"strings"
 	"testing"
 
@@ -28,13 +29,16 @@ func TestConcurrentEnqueueReported(t *testing.T) {
 			t.Fatalf("%s: setup: %v", mode, err)
 		}
 		res, err := RunProducer(t.Context(), nc, ProducerOptions{
-			Mode: mode, Phase: PhaseEnqueue, Tasks: batch, Single: single, Concurrent: conc, PayloadSize: 64,
+			Mode: mode, Phase: PhaseEnqueue, Tasks: batch, Single: single, Concurrent: conc, PayloadSize: 64, BrokerPID: os.Getpid(),
 		})
 		if err != nil {
 			t.Fatalf("%s: %v", mode, err)
 		}
 		if res.SinglePerSec <= 0 || res.ConcurrentPerSec <= 0 || res.BatchPerSec <= 0 {
 			t.Errorf("%s: one at a time %v, concurrent %v, batch %v tasks/s: want each positive", mode, res.SinglePerSec, res.ConcurrentPerSec, res.BatchPerSec)
+		}
+		if res.Single.ProducerUs <= 0 || res.Concurrent.ProducerUs <= 0 || res.Single.BrokerUs < 0 {
+			t.Errorf("%s: CPU per task %+v one at a time, %+v concurrent: want the producer's positive", mode, res.Single, res.Concurrent)
 		}
 		i, err := c.Info(t.Context())
 		if err != nil {

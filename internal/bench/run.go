@@ -79,17 +79,25 @@ type Figures struct {
 	// EnqueueConcurrentPerSec is the rate of ConcurrentProducers
 	// goroutines of one process, each enqueueing one task at a time.
 	EnqueueConcurrentPerSec float64 `json:"enqueue_concurrent_per_sec"`
-	EnqueueBatchPerSec      float64 `json:"enqueue_batch_per_sec"`
-	DrainPerSec             float64 `json:"drain_per_sec"`
-	E2EPerSec               float64 `json:"e2e_per_sec"`
-	LatencyP50Ms            float64 `json:"latency_p50_ms"`
-	LatencyP99Ms            float64 `json:"latency_p99_ms"`
-	LoadLatencyP50Ms        float64 `json:"load_latency_p50_ms"`
-	LoadLatencyP99Ms        float64 `json:"load_latency_p99_ms"`
-	LoadPerSec              float64 `json:"load_per_sec"`
-	WorkerRSSMB             float64 `json:"worker_rss_mb"`
-	WorkerRSSLoadedMB       float64 `json:"worker_rss_loaded_mb"`
-	PoolStartupMs           float64 `json:"pool_startup_ms"`
+	// EnqueueProducerCPUUs and EnqueueBrokerCPUUs are the CPU time per
+	// task of the producer process and of the broker (embedded broker
+	// only) while it enqueues one task at a time; the Concurrent ones
+	// the same for the concurrent enqueue.
+	EnqueueProducerCPUUs           float64 `json:"enqueue_producer_cpu_us_per_task"`
+	EnqueueBrokerCPUUs             float64 `json:"enqueue_broker_cpu_us_per_task,omitempty"`
+	EnqueueConcurrentProducerCPUUs float64 `json:"enqueue_concurrent_producer_cpu_us_per_task"`
+	EnqueueConcurrentBrokerCPUUs   float64 `json:"enqueue_concurrent_broker_cpu_us_per_task,omitempty"`
+	EnqueueBatchPerSec             float64 `json:"enqueue_batch_per_sec"`
+	DrainPerSec                    float64 `json:"drain_per_sec"`
+	E2EPerSec                      float64 `json:"e2e_per_sec"`
+	LatencyP50Ms                   float64 `json:"latency_p50_ms"`
+	LatencyP99Ms                   float64 `json:"latency_p99_ms"`
+	LoadLatencyP50Ms               float64 `json:"load_latency_p50_ms"`
+	LoadLatencyP99Ms               float64 `json:"load_latency_p99_ms"`
+	LoadPerSec                     float64 `json:"load_per_sec"`
+	WorkerRSSMB                    float64 `json:"worker_rss_mb"`
+	WorkerRSSLoadedMB              float64 `json:"worker_rss_loaded_mb"`
+	PoolStartupMs                  float64 `json:"pool_startup_ms"`
 	// BrokerCPUUsPerTask and ClientCPUUsPerTask are the CPU time (user
 	// and system) of the broker, and of the producer and worker
 	// processes, over the whole measurement of the mode divided by the
@@ -301,6 +309,8 @@ func (r *runner) mode(ctx context.Context, mode string) (*Figures, error) {
 		return nil, err
 	}
 	f.EnqueuePerSec, f.EnqueueConcurrentPerSec, f.EnqueueBatchPerSec = enq.SinglePerSec, enq.ConcurrentPerSec, enq.BatchPerSec
+	f.EnqueueProducerCPUUs, f.EnqueueBrokerCPUUs = enq.Single.ProducerUs, enq.Single.BrokerUs
+	f.EnqueueConcurrentProducerCPUUs, f.EnqueueConcurrentBrokerCPUUs = enq.Concurrent.ProducerUs, enq.Concurrent.BrokerUs
 	// A resume does not wake the broker's delivery loop, the end of a
 	// pause does: pause again until a moment just ahead, the start.
 	broker0, _ := cpuTimes()
@@ -563,6 +573,9 @@ func (r *runner) produceArgs(ctx context.Context, mode, phase string, workers in
 		args = append(args, "--headers")
 	}
 	args = append(args, extra...)
+	if r.o.EmbeddedBroker {
+		args = append(args, "--broker-pid", strconv.Itoa(os.Getpid()))
+	}
 	if r.o.ProfileDir != "" {
 		args = append(args, "--cpuprofile", filepath.Join(r.o.ProfileDir, fmt.Sprintf("producer-%s-w%d-%s.pprof", mode, workers, phase)))
 	}
@@ -647,6 +660,10 @@ func best(a, b *Figures) *Figures {
 	lo(&a.DrainBrokerCPUUsPerTask, b.DrainBrokerCPUUsPerTask)
 	lo(&a.DrainWorkerCPUUsPerTask, b.DrainWorkerCPUUsPerTask)
 	a.Queues = bestQueues(a.Queues, b.Queues)
+	lo(&a.EnqueueProducerCPUUs, b.EnqueueProducerCPUUs)
+	lo(&a.EnqueueBrokerCPUUs, b.EnqueueBrokerCPUUs)
+	lo(&a.EnqueueConcurrentProducerCPUUs, b.EnqueueConcurrentProducerCPUUs)
+	lo(&a.EnqueueConcurrentBrokerCPUUs, b.EnqueueConcurrentBrokerCPUUs)
 	for k, bs := range b.Scale {
 		as := a.Scale[k]
 		if as == nil {

@@ -109,6 +109,14 @@ func (r *Report) rows() (out []figureRow) {
 		row("  in the drain, broker (µs)", f.DrainBrokerCPUUsPerTask, b.DrainBrokerCPUUsPerTask, 1)
 	}
 	row("  in the drain, workers (µs)", f.DrainWorkerCPUUsPerTask, b.DrainWorkerCPUUsPerTask, 1)
+	row("  enqueue 1 at a time, producer (µs)", f.EnqueueProducerCPUUs, b.EnqueueProducerCPUUs, 1)
+	if f.EnqueueBrokerCPUUs > 0 {
+		row("  enqueue 1 at a time, broker (µs)", f.EnqueueBrokerCPUUs, b.EnqueueBrokerCPUUs, 1)
+	}
+	row(fmt.Sprintf("  enqueue 1 × %d, producer (µs)", s.Producers), f.EnqueueConcurrentProducerCPUUs, b.EnqueueConcurrentProducerCPUUs, 1)
+	if f.EnqueueConcurrentBrokerCPUUs > 0 {
+		row(fmt.Sprintf("  enqueue 1 × %d, broker (µs)", s.Producers), f.EnqueueConcurrentBrokerCPUUs, b.EnqueueConcurrentBrokerCPUUs, 1)
+	}
 	for _, n := range slices.Sorted(func(yield func(int) bool) {
 		for k := range f.Scale {
 			n, _ := strconv.Atoi(k)

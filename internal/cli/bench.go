@@ -255,6 +255,7 @@ type BenchProducerCmd struct {
 	Rate        float64 `default:"1000" help:"Probes per second under load."`
 	Headers     bool    `help:"Baseline: publish forq's headers too."`
 	Queues      int     `help:"Spread the e2e batch over this many queues (bench-q0, bench-q1, ...) instead of the main queue."`
+	BrokerPID   int     `help:"The broker's process, whose CPU time the enqueue phase measures; 0 for none."`
 	CPUProfile  string  `name:"cpuprofile" placeholder:"FILE" help:"Write a CPU profile to FILE."`
 }
 
@@ -274,7 +275,7 @@ func (c *BenchProducerCmd) Run(env *Env) (err error) {
 	defer nc.Close()
 	res, err := bench.RunProducer(context.Background(), nc, bench.ProducerOptions{
 		Mode: c.Mode, Phase: c.Phase, Tasks: c.Tasks, Single: c.Single, Concurrent: c.Concurrent, PayloadSize: c.PayloadSize,
-		Samples: c.Samples, LoadTasks: c.LoadTasks, Rate: c.Rate, Headers: c.Headers, Queues: c.Queues,
+		Samples: c.Samples, LoadTasks: c.LoadTasks, Rate: c.Rate, Headers: c.Headers, Queues: c.Queues, BrokerPID: c.BrokerPID,
 	})
 	if err != nil {
 		return err

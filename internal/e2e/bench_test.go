@@ -29,6 +29,7 @@ func TestBenchReportsEveryFigure(t *testing.T) {
 		"enqueue_per_sec", "enqueue_concurrent_per_sec", "enqueue_batch_per_sec", "drain_per_sec", "e2e_per_sec",
 		"latency_p50_ms", "latency_p99_ms", "load_latency_p50_ms", "load_latency_p99_ms", "load_per_sec",
 		"worker_rss_mb", "worker_rss_loaded_mb", "pool_startup_ms", "broker_cpu_us_per_task", "client_cpu_us_per_task",
+		"enqueue_producer_cpu_us_per_task", "enqueue_concurrent_producer_cpu_us_per_task",
 		"drain_broker_cpu_us_per_task",
 	}
 	// Read in clock ticks of 10 ms, which a drain of 1,000 tasks may not
