@@ -72,7 +72,7 @@ func BenchmarkEnqueueMany(b *testing.B) {
 // JetStream PublishMsg to forq's stream, which leaves out forq's client
 // code; forq's headers on a plain work-queue stream, which leaves out the
 // stream's settings too; and a message without headers there, which
-// leaves out the de-duplication and the headers. "par16" runs 16
+// leaves out the de-duplication and the headers. "par16-" runs 16
 // goroutines at once, each one enqueue at a time.
 func BenchmarkRoundTrip(b *testing.B) {
 	p := benchProducer(b)
@@ -126,7 +126,7 @@ func BenchmarkRoundTrip(b *testing.B) {
 				}
 			}
 		})
-		b.Run(c.name+"/par16", func(b *testing.B) {
+		b.Run("par16-"+c.name, func(b *testing.B) {
 			b.ReportAllocs()
 			b.SetParallelism(max(1, 16/runtime.GOMAXPROCS(0)))
 			defer cpuPerOp(b)()
