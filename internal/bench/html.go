@@ -121,6 +121,7 @@ func xsOf(series []Series) []float64 {
 func (r *Report) throughputChart() (Chart, bool) {
 	c := r.modeBars("Throughput", "tasks/s (more is better)",
 		Bar{"enqueue, one at a time", func(f *Figures) float64 { return f.EnqueuePerSec }},
+		Bar{fmt.Sprintf("enqueue, 1 at a time × %d", ConcurrentProducers), func(f *Figures) float64 { return f.EnqueueConcurrentPerSec }},
 		Bar{"enqueue, batch", func(f *Figures) float64 { return f.EnqueueBatchPerSec }},
 		Bar{"drain a full queue", func(f *Figures) float64 { return f.DrainPerSec }},
 		Bar{"end to end", func(f *Figures) float64 { return f.E2EPerSec }},

@@ -26,7 +26,7 @@ func fullReport() *Report {
 	}
 	figs := func(k float64) *Figures {
 		return &Figures{
-			EnqueuePerSec: 6000 * k, EnqueueBatchPerSec: 80000 * k, DrainPerSec: 70000 * k, E2EPerSec: 40000 * k,
+			EnqueuePerSec: 6000 * k, EnqueueConcurrentPerSec: 20000 * k, EnqueueBatchPerSec: 80000 * k, DrainPerSec: 70000 * k, E2EPerSec: 40000 * k,
 			LatencyP50Ms: 0.3 / k, LatencyP99Ms: 0.9 / k, LoadLatencyP50Ms: 0.4 / k, LoadLatencyP99Ms: 1.5 / k,
 			LoadPerSec: 2000, LatencyDist: dist(1 / k), LoadLatencyDist: dist(1.5 / k),
 			Scale: map[string]*ScaleFigures{
@@ -210,7 +210,7 @@ func TestThroughputBars(t *testing.T) {
 		t.Fatal(err)
 	}
 	svgs, _ := parseHTML(t, b.String())
-	want := []string{"enqueue, one at a time", "enqueue, batch", "drain a full queue", "end to end"}
+	want := []string{"enqueue, one at a time", "enqueue, 1 at a time × 16", "enqueue, batch", "drain a full queue", "end to end"}
 	if !slices.Equal(svgs[0].Groups, want) {
 		t.Errorf("got groups %q, want %q", svgs[0].Groups, want)
 	}
