@@ -167,3 +167,72 @@ func TestEnqueueManyBrokerDownThenRetry(t *testing.T) {
 		t.Fatalf("%d tasks stored, want 10 (each once)", n)
 	}
 }
+
+// Enqueue reuses its messages: 16 goroutines enqueueing at once, with
+// different types, options and payloads, each get their own task stored,
+// every one of them once, with its own headers and payload.
+func TestConcurrentEnqueuesKeepTheirOwnMessage(t *testing.T) {
+	s := testutil.Broker(t)
+	nc := testutil.Connect(t, s.ClientURL())
+	p, err := producer.New(t.Context(), nc, producer.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const goroutines, each = 16, 40
+	infos := make([][]*producer.Info, goroutines)
+	errs := make(chan error, goroutines)
+	for g := range goroutines {
+		go func() {
+			for i := range each {
+				var opts []producer.Option
+				if i%2 == 1 {
+					opts = append(opts, producer.WithMaxAttempts(g+2), producer.WithTimeout(time.Duration(g+1)*time.Second))
+				}
+				info, err := p.Enqueue(t.Context(), forq.Task{Type: "t" + strconv.Itoa(g), Payload: fmt.Appendf(nil, "%d/%d", g, i)}, opts...)
+				if err != nil {
+					errs <- err
+					return
+				}
+				infos[g] = append(infos[g], info)
+			}
+			errs <- nil
+		}()
+	}
+	for range goroutines {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stream, err := js.Stream(t.Context(), forq.StreamTasks)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if i, err := stream.Info(t.Context()); err != nil || i.State.Msgs != goroutines*each {
+		t.Fatalf("stream holds %v tasks (err %v), want %d", i.State.Msgs, err, goroutines*each)
+	}
+	for g := range goroutines {
+		for i, info := range infos[g] {
+			m, err := stream.GetMsg(t.Context(), info.Sequence)
+			if err != nil {
+				t.Fatalf("task %d/%d at %d: %v", g, i, info.Sequence, err)
+			}
+			d := wire.Decode(m.Header, "")
+			wantAttempts := forq.DefaultMaxAttempts
+			if i%2 == 1 {
+				wantAttempts = g + 2
+			}
+			wantTimeout := time.Duration(0)
+			if i%2 == 1 {
+				wantTimeout = time.Duration(g+1) * time.Second
+			}
+			if string(m.Data) != fmt.Sprintf("%d/%d", g, i) || d.ID != info.ID || d.Type != "t"+strconv.Itoa(g) || d.MaxAttempts != wantAttempts || d.Timeout != wantTimeout {
+				t.Errorf("task %d/%d at %d: payload %q, ID %s, type %s, attempts %d; want %d/%d, %s, t%d, %d",
+					g, i, info.Sequence, m.Data, d.ID, d.Type, d.MaxAttempts, g, i, info.ID, g, wantAttempts)
+			}
+		}
+	}
+}
