@@ -251,6 +251,10 @@ func RunProducer(ctx context.Context, nc *nats.Conn, o ProducerOptions) (*Produc
 	switch o.Phase {
 	case PhaseLatency:
 		return res, latency(ctx, nc, pub, o, res)
+	case PhaseFill:
+		return res, fill(ctx, pub, o, res)
+	case PhaseLoad:
+		return res, load(ctx, nc, pub, o, res)
 	case PhaseEnqueue:
 		ps := payloads(o.Single, o.PayloadSize)
 		res.StartNs = time.Now().UnixNano()

@@ -65,8 +65,10 @@ type Options struct {
 	// producer process.
 	ProfileDir string
 	// EmbeddedBroker says the broker runs in this process: its CPU time
-	// is this process's.
+	// and memory are this process's.
 	EmbeddedBroker bool
+	// Growth chooses the growth measurements (growth.go).
+	Growth GrowthOptions
 	// Stderr receives the child processes' output.
 	Stderr io.Writer
 	// Log gets progress.
@@ -120,6 +122,7 @@ type Figures struct {
 	Scale map[string]*ScaleFigures `json:"scale,omitempty"`
 	// Queues are the figures of the many-queue pool (Options.Queues).
 	Queues *QueuesFigures `json:"queues,omitempty"`
+	Growth
 }
 
 // ScaleFigures are the measurements of one pool size.
@@ -127,6 +130,9 @@ type ScaleFigures struct {
 	E2EPerSec     float64 `json:"e2e_per_sec"`
 	PoolStartupMs float64 `json:"pool_startup_ms"`
 	WorkerRSSMB   float64 `json:"worker_rss_mb"`
+	// BrokerRSSMB is the broker's resident memory after the end-to-end
+	// measurement, when it is embedded.
+	BrokerRSSMB float64 `json:"broker_rss_mb,omitempty"`
 }
 
 // Distribution is a latency distribution in little room: the latency at
@@ -194,6 +200,7 @@ type Settings struct {
 	Embedded bool   `json:"embedded_broker"`
 	CPUs     int    `json:"cpus"`
 	CPUModel string `json:"cpu_model,omitempty"`
+	GrowthSettings
 }
 
 // Report is the result of a run: forq's figures, and with a baseline its
@@ -234,16 +241,24 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		PayloadSize: max(o.PayloadSize, MinPayload), Rate: o.Rate, Samples: o.Samples, Scale: o.Scale, Rounds: max(o.Rounds, 1), BaselineHeaders: o.BaselineHeaders,
 		BaselineCPUShare: o.BaselineCPUShare, GOMAXPROCS: os.Getenv("GOMAXPROCS"), Queues: o.Queues,
 	}}
+	rep.Settings.GrowthSettings = r.growthSettings()
 	var f, b *Figures
 	for range max(o.Rounds, 1) {
 		fi, err := r.mode(ctx, ModeForq)
 		if err != nil {
 			return nil, fmt.Errorf("forq: %w", err)
 		}
+		if err := r.growth(ctx, ModeForq, fi, fi.E2EPerSec); err != nil {
+			return nil, fmt.Errorf("forq: %w", err)
+		}
 		f = best(f, fi)
 		if o.Baseline {
 			bi, err := r.mode(ctx, ModeBaseline)
 			if err != nil {
+				return nil, fmt.Errorf("baseline: %w", err)
+			}
+			// At forq's capacity: both modes get the same load.
+			if err := r.growth(ctx, ModeBaseline, bi, fi.E2EPerSec); err != nil {
 				return nil, fmt.Errorf("baseline: %w", err)
 			}
 			b = best(b, bi)
@@ -267,6 +282,9 @@ func (r *runner) mode(ctx context.Context, mode string) (*Figures, error) {
 	defer r.teardown(mode)
 	f := &Figures{Scale: map[string]*ScaleFigures{}}
 	r.tasks = 0
+	if r.o.EmbeddedBroker {
+		freshRSS()
+	}
 	self0, children0 := cpuTimes()
 	defer func() {
 		if r.tasks == 0 {
@@ -335,9 +353,12 @@ func (r *runner) mode(ctx context.Context, mode string) (*Figures, error) {
 		return nil, err
 	}
 	f.WorkerRSSLoadedMB = p.rss()
+	if r.o.EmbeddedBroker {
+		f.BrokerRSSMB, f.BrokerPeakRSSMB = selfRSS()
+	}
 	p.stop()
 	if slices.Contains(r.o.Scale, r.o.Workers) {
-		f.Scale[strconv.Itoa(r.o.Workers)] = &ScaleFigures{E2EPerSec: f.E2EPerSec, PoolStartupMs: f.PoolStartupMs, WorkerRSSMB: f.WorkerRSSMB}
+		f.Scale[strconv.Itoa(r.o.Workers)] = &ScaleFigures{E2EPerSec: f.E2EPerSec, PoolStartupMs: f.PoolStartupMs, WorkerRSSMB: f.WorkerRSSMB, BrokerRSSMB: f.BrokerRSSMB}
 	}
 	for _, w := range r.o.Scale {
 		if f.Scale[strconv.Itoa(w)] != nil {
@@ -352,6 +373,9 @@ func (r *runner) mode(ctx context.Context, mode string) (*Figures, error) {
 		time.Sleep(200 * time.Millisecond)
 		s.WorkerRSSMB = p.rss()
 		s.E2EPerSec, err = r.e2e(ctx, mode, c, w)
+		if r.o.EmbeddedBroker {
+			s.BrokerRSSMB, _ = selfRSS()
+		}
 		p.stop()
 		if err != nil {
 			return nil, err
@@ -673,7 +697,9 @@ func best(a, b *Figures) *Figures {
 		hi(&as.E2EPerSec, bs.E2EPerSec)
 		lo(&as.PoolStartupMs, bs.PoolStartupMs)
 		lo(&as.WorkerRSSMB, bs.WorkerRSSMB)
+		lo(&as.BrokerRSSMB, bs.BrokerRSSMB)
 	}
+	bestGrowth(&a.Growth, &b.Growth)
 	return a
 }
 

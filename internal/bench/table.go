@@ -58,7 +58,8 @@ func (r *Report) settingsLines() []string {
 	default:
 		l = append(l, "worker processes: forq's with GOMAXPROCS = CPUs / workers, as forq pool sets it; the baseline's with Go's default")
 	}
-	return append(l, fmt.Sprintf("machine: %d CPUs, %s", s.CPUs, s.CPUModel))
+	l = append(l, fmt.Sprintf("machine: %d CPUs, %s", s.CPUs, s.CPUModel))
+	return append(l, r.growthSettingsLines()...)
 }
 
 // figureRow is one row of the table: a figure of forq and of the baseline
@@ -117,6 +118,10 @@ func (r *Report) rows() (out []figureRow) {
 	if f.EnqueueConcurrentBrokerCPUUs > 0 {
 		row(fmt.Sprintf("  enqueue 1 × %d, broker (µs)", s.Producers), f.EnqueueConcurrentBrokerCPUUs, b.EnqueueConcurrentBrokerCPUUs, 1)
 	}
+	if f.BrokerRSSMB > 0 {
+		row("broker RSS, after end to end (MiB)", f.BrokerRSSMB, b.BrokerRSSMB, 1)
+		row("broker RSS, peak (MiB)", f.BrokerPeakRSSMB, b.BrokerPeakRSSMB, 1)
+	}
 	for _, n := range slices.Sorted(func(yield func(int) bool) {
 		for k := range f.Scale {
 			n, _ := strconv.Atoi(k)
@@ -133,8 +138,12 @@ func (r *Report) rows() (out []figureRow) {
 		row(fmt.Sprintf("W=%d: end to end (tasks/s)", n), fs.E2EPerSec, bs.E2EPerSec, 0)
 		row(fmt.Sprintf("W=%d: pool start-up (ms)", n), fs.PoolStartupMs, bs.PoolStartupMs, 1)
 		row(fmt.Sprintf("W=%d: worker RSS, idle (MiB)", n), fs.WorkerRSSMB, bs.WorkerRSSMB, 1)
+		if fs.BrokerRSSMB > 0 {
+			row(fmt.Sprintf("W=%d: broker RSS (MiB)", n), fs.BrokerRSSMB, bs.BrokerRSSMB, 1)
+		}
 	}
 	queuesRows(f.Queues, b.Queues, row)
+	r.growthRows(row)
 	return out
 }
 

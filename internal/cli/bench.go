@@ -40,6 +40,7 @@ type BenchCmd struct {
 	HTML             string        `name:"html" placeholder:"FILE" help:"Write the report to FILE too, as one self-contained HTML page: charts (inline SVG), settings and figures; no script, nothing loaded from elsewhere."`
 	SVGDir           string        `name:"svg-dir" placeholder:"DIR" help:"Write each chart of the HTML report to DIR as an SVG file (throughput.svg, scale.svg, latency.svg)."`
 	From             string        `placeholder:"FILE" help:"Measure nothing: read the report from FILE, written by --json, and print or draw it (with --html, --svg-dir)."`
+	BenchGrowthFlags
 	// No FORQ_URL: set for the other commands, it would turn a benchmark
 	// into load on a live broker, with a 'bench' queue left behind.
 	URL        string `env:"-" help:"Use the broker at this URL instead of an embedded one. Its FORQ_TASKS stream gets a 'bench' queue, emptied after the run. Only this flag: FORQ_URL does not apply."`
@@ -66,6 +67,9 @@ func (c *BenchCmd) Run(env *Env) (err error) {
 		if w < 1 {
 			return usageErr("--scale: %d workers; each size must be at least 1", w)
 		}
+	}
+	if err := c.BenchGrowthFlags.validate(); err != nil {
+		return err
 	}
 	if c.From != "" {
 		rep, err := readReport(c.From)
@@ -122,6 +126,7 @@ func (c *BenchCmd) Run(env *Env) (err error) {
 		Tasks: c.Tasks, Workers: c.Workers, PayloadSize: c.PayloadSize, Rate: c.Rate,
 		Samples: c.Samples, Concurrency: c.Concurrency, Scale: c.Scale, Queues: c.Queues, IdleTime: c.IdleTime, Baseline: c.Baseline, Rounds: c.Rounds, BaselineHeaders: c.BaselineHeaders, BaselineCPUShare: c.BaselineCPUShare,
 		ProfileDir: c.ProfileDir, EmbeddedBroker: c.URL == "", Stderr: env.Stderr, Log: env.Log,
+		Growth: c.BenchGrowthFlags.options(),
 	})
 	if err != nil {
 		return err
@@ -244,7 +249,7 @@ func (c *BenchWorkerCmd) Run(env *Env) (err error) {
 // BenchProducerCmd is a producer process of "forq bench".
 type BenchProducerCmd struct {
 	Mode        string  `required:"" enum:"forq,baseline" help:"forq or baseline."`
-	Phase       string  `required:"" enum:"latency,enqueue,e2e" help:"What to do."`
+	Phase       string  `required:"" enum:"latency,enqueue,e2e,fill,load" help:"What to do."`
 	URL         string  `required:"" help:"Broker URL."`
 	Tasks       int     `default:"1000" help:"Tasks of a batch."`
 	Single      int     `default:"100" help:"Tasks enqueued one at a time."`
@@ -281,4 +286,39 @@ func (c *BenchProducerCmd) Run(env *Env) (err error) {
 		return err
 	}
 	return json.NewEncoder(env.Stdout).Encode(res)
+}
+
+// BenchGrowthFlags are forq bench's flags for how the cost grows with the
+// work. Each is off by default: a backlog of a million tasks, large
+// payloads and three loads would make the default run several times as
+// long.
+type BenchGrowthFlags struct {
+	Backlog       int       `default:"0" placeholder:"N" help:"Also time the drain of N tasks queued beforehand (e.g. 1000000), beside the drain of --tasks, with the embedded broker's memory before, full and after; 0 skips it."`
+	Payloads      []int     `placeholder:"BYTES" help:"Also measure batch enqueue, drain and end to end with payloads of these sizes (e.g. 64,4096,262144), in tasks/s and MB/s; large payloads run fewer than --tasks tasks (at most 128 MiB each). Empty skips it."`
+	LoadFractions []float64 `placeholder:"F" help:"Also measure latency at these fractions of forq's end-to-end throughput (e.g. 0.25,0.5,0.75), the same load for the baseline. Empty skips it."`
+}
+
+// maxPayload is the largest --payloads size: under the broker's default
+// 1 MiB message limit with forq's headers.
+const maxPayload = 1 << 19
+
+func (g *BenchGrowthFlags) validate() error {
+	if g.Backlog < 0 {
+		return usageErr("--backlog %d: must be 0 (skip) or a number of tasks", g.Backlog)
+	}
+	for _, p := range g.Payloads {
+		if p < bench.MinPayload || p > maxPayload {
+			return usageErr("--payloads: %d bytes; each size must be %d to %d", p, bench.MinPayload, maxPayload)
+		}
+	}
+	for _, f := range g.LoadFractions {
+		if !(f > 0 && f <= 1) {
+			return usageErr("--load-fractions: %g; each fraction of the capacity must be above 0 and at most 1", f)
+		}
+	}
+	return nil
+}
+
+func (g *BenchGrowthFlags) options() bench.GrowthOptions {
+	return bench.GrowthOptions{Backlog: g.Backlog, Payloads: g.Payloads, LoadFractions: g.LoadFractions}
 }
