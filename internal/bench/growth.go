@@ -16,6 +16,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/forqhq/forq"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -284,6 +285,18 @@ func (r *runner) backlog(ctx context.Context, mode string, c jetstream.Consumer,
 		bf.BrokerRSSDrainedMB, _ = selfRSS()
 	}
 	return bf, nil
+}
+
+// forgetIDs deletes the embedded broker's FORQ_TASKS stream, which the
+// next forq measurement declares again: a purge leaves the stream's
+// de-duplication state (every Nats-Msg-Id of its duplicate window, 2
+// minutes, about 170 bytes each), which would count in the broker memory
+// of whatever is measured next. A broker of the user's (--url) keeps its
+// stream.
+func (r *runner) forgetIDs(ctx context.Context) {
+	if r.o.EmbeddedBroker {
+		_ = r.js.DeleteStream(ctx, forq.StreamTasks)
+	}
 }
 
 // pause pauses the mode's consumer until until. A resume does not wake

@@ -446,6 +446,7 @@ func (r *runner) teardown(mode string) {
 		if s, err := r.js.Stream(ctx, forq.StreamTasks); err == nil {
 			_ = s.Purge(ctx, jetstream.WithPurgeSubject(wire.TaskSubject(Queue)))
 		}
+		r.forgetIDs(ctx)
 		return
 	}
 	_ = r.js.DeleteStream(ctx, BaselineStream)
