@@ -290,7 +290,7 @@ func (r *runner) backlog(ctx context.Context, mode string, c jetstream.Consumer,
 // forgetIDs deletes the embedded broker's FORQ_TASKS stream, which the
 // next forq measurement declares again: a purge leaves the stream's
 // de-duplication state (every Nats-Msg-Id of its duplicate window, 2
-// minutes, about 170 bytes each), which would count in the broker memory
+// minutes, about 180 bytes each), which would count in the broker memory
 // of whatever is measured next. A broker of the user's (--url) keeps its
 // stream.
 func (r *runner) forgetIDs(ctx context.Context) {
