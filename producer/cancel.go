@@ -62,7 +62,7 @@ func (p *Producer) Cancel(ctx context.Context, id string) error {
 
 // WaitMany waits until every task of ids has reached a final state and
 // returns their results in the order of ids, like multiprocessing's
-// Pool.map. It uses one KV watch for all of them, not polling, and watches
+// Pool.map. It uses one KV watch, not polling (see watchKeys), and watches
 // again when the connection to the broker drops (see Wait). A task must
 // have been enqueued WithRecord: when some were enqueued by this producer
 // without one and have no final record, WaitMany returns at once with an
@@ -86,8 +86,8 @@ func (p *Producer) WaitMany(ctx context.Context, ids []string) ([]*forq.Result, 
 			}
 		}
 		drop := p.conn.dropCh()
-		// WatchFiltered rewrites the slice it is given into subjects.
-		w, err := p.results.WatchFiltered(ctx, pending)
+		// One watch per watchChunk keys: see watchKeys.
+		w, err := watchKeys(ctx, p.results, pending)
 		if err != nil {
 			if p.watchAgain(ctx, err) {
 				continue
@@ -98,26 +98,33 @@ func (p *Producer) WaitMany(ctx context.Context, ids []string) ([]*forq.Result, 
 		for left > 0 && !again {
 			select {
 			case <-ctx.Done():
-				_ = w.Stop()
+				w.stop()
 				return out, fmt.Errorf("wait: %d of %d tasks not finished: %w", left, len(index), ctx.Err())
 			case <-drop:
 				// Watch again once the connection is back (see Wait).
 				again = true
-			case e, ok := <-w.Updates():
+			case err := <-w.failed:
+				if !p.watchAgain(ctx, err) {
+					w.stop()
+					return out, fmt.Errorf("wait: %w", err)
+				}
+				again = true
+			case e, ok := <-w.updates:
 				if !ok {
-					_ = w.Stop()
-					return out, errors.New("wait: watch closed")
+					w.stop()
+					return out, fmt.Errorf("wait: %w", errWatchClosed)
 				}
 				if e == nil {
 					// The current values are in: a task enqueued here
 					// without a record that has no final one will not
 					// get one.
 					if never := p.neverRecorded(ctx, unfinished(ids, out)); len(never) > 0 {
-						_ = w.Stop()
+						w.stop()
 						return out, notRecorded(never, len(index))
 					}
+					continue
 				}
-				if e == nil || e.Operation() != jetstream.KeyValuePut {
+				if e.Operation() != jetstream.KeyValuePut {
 					continue
 				}
 				is, ok := index[e.Key()]
@@ -126,7 +133,7 @@ func (p *Producer) WaitMany(ctx context.Context, ids []string) ([]*forq.Result, 
 				}
 				r, err := record.Read(e.Key(), e.Value())
 				if err != nil {
-					_ = w.Stop()
+					w.stop()
 					return out, err
 				}
 				if !r.State.Final() {
@@ -138,7 +145,7 @@ func (p *Producer) WaitMany(ctx context.Context, ids []string) ([]*forq.Result, 
 				left--
 			}
 		}
-		_ = w.Stop()
+		w.stop()
 		if left == 0 {
 			break
 		}
