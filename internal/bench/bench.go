@@ -40,6 +40,11 @@ const (
 	BaselineSubject = "forqbench.tasks"
 	// BaselineConsumer is the durable pull consumer of the baseline workers.
 	BaselineConsumer = "bench"
+	// BaselineResults is the KV bucket of the baseline's results.
+	BaselineResults = "FORQBENCH_RESULTS"
+	// ResultHeader names the key of BaselineResults a baseline task's
+	// worker puts its result under.
+	ResultHeader = "Bench-Result"
 	// ReportSubject carries latency reports from workers to the producer.
 	ReportSubject = "forqbench.report"
 )

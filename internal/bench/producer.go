@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"strconv"
 	"sync"
 	"time"
 
@@ -25,6 +26,9 @@ const (
 	PhaseEnqueue = "enqueue"
 	// PhaseE2E enqueues a batch while the workers run.
 	PhaseE2E = "e2e"
+	// PhaseResults enqueues a batch with each task's result recorded
+	// while the workers run, and waits for every result.
+	PhaseResults = "results"
 )
 
 // ConcurrentProducers is how many goroutines of one producer process
@@ -81,6 +85,9 @@ type ProducerResult struct {
 	IdleNs     []int64 `json:"idle_ns,omitempty"`
 	LoadNs     []int64 `json:"load_ns,omitempty"`
 	LoadPerSec float64 `json:"load_per_sec,omitempty"`
+	// ResultsPerSec is PhaseResults' throughput: tasks ÷ the time from
+	// the first publish until every task's result was in.
+	ResultsPerSec float64 `json:"results_per_sec,omitempty"`
 }
 
 // CPUSplit is the CPU time per task, user and system, of the producer
@@ -123,6 +130,10 @@ type publisher interface {
 	// its work in hand before it enqueues it.
 	batch(payloads [][]byte) any
 	many(ctx context.Context, batch any) (uint64, error)
+	// recorded is many with every task's result recorded, and waits
+	// until each task has a final result; it returns the last stream
+	// sequence of the tasks.
+	recorded(ctx context.Context, batch any) (uint64, error)
 }
 
 type forqPub struct {
@@ -162,10 +173,81 @@ func (f forqPub) many(ctx context.Context, batch any) (uint64, error) {
 	return last, nil
 }
 
+func (f forqPub) recorded(ctx context.Context, batch any) (uint64, error) {
+	tasks := batch.([]forq.Task)
+	infos, err := f.p.EnqueueMany(ctx, tasks, producer.WithRecord())
+	if err != nil {
+		return 0, err
+	}
+	ids := make([]string, len(infos))
+	var last uint64
+	for i, in := range infos {
+		ids[i], last = in.ID, max(last, in.Sequence)
+	}
+	res, err := f.p.WaitMany(ctx, ids)
+	if err != nil {
+		return 0, err
+	}
+	for i, r := range res {
+		if r.State != forq.StateSucceeded {
+			return 0, fmt.Errorf("task %s ended %s: %s", ids[i], r.State, r.Error)
+		}
+	}
+	return last, nil
+}
+
 type basePub struct {
 	js      jetstream.JetStream
 	headers bool
 	queues  int // see ProducerOptions.Queues
+}
+
+// recorded is what a plain JetStream program does for results at the
+// least: each message names a key (ResultHeader) of BaselineResults, which
+// the worker puts before it acks; the producer watches the bucket until
+// every key is there.
+func (b basePub) recorded(ctx context.Context, batch any) (uint64, error) {
+	msgs := batch.([]*nats.Msg)
+	kv, err := b.js.KeyValue(ctx, BaselineResults)
+	if err != nil {
+		return 0, err
+	}
+	w, err := kv.WatchAll(ctx)
+	if err != nil {
+		return 0, err
+	}
+	defer func() { _ = w.Stop() }()
+	for i, m := range msgs {
+		if m.Header == nil {
+			m.Header = nats.Header{}
+		}
+		m.Header.Set(ResultHeader, strconv.Itoa(i))
+	}
+	last, err := b.many(ctx, batch)
+	if err != nil {
+		return 0, err
+	}
+	seen := make([]bool, len(msgs))
+	for left := len(msgs); left > 0; {
+		select {
+		case e, ok := <-w.Updates():
+			if !ok {
+				return 0, errors.New("watch closed")
+			}
+			if e == nil || e.Operation() != jetstream.KeyValuePut {
+				continue
+			}
+			i, err := strconv.Atoi(e.Key())
+			if err != nil || i < 0 || i >= len(seen) || seen[i] {
+				continue
+			}
+			seen[i] = true
+			left--
+		case <-ctx.Done():
+			return 0, fmt.Errorf("%d of %d results not in: %w", left, len(msgs), ctx.Err())
+		}
+	}
+	return last, nil
 }
 
 func (b basePub) msg(payload []byte) *nats.Msg { return b.msgTo(BaselineSubject, payload) }
@@ -290,6 +372,19 @@ func RunProducer(ctx context.Context, nc *nats.Conn, o ProducerOptions) (*Produc
 			return nil, fmt.Errorf("enqueue batch: %w", err)
 		}
 		res.BatchPerSec = float64(o.Tasks) / time.Since(t0).Seconds()
+		res.LastSeq = seq
+		return res, nil
+	case PhaseResults:
+		batch := pub.batch(payloads(o.Tasks, o.PayloadSize))
+		res.StartNs = time.Now().UnixNano()
+		t0 := time.Now()
+		wctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+		defer cancel()
+		seq, err := pub.recorded(wctx, batch)
+		if err != nil {
+			return nil, fmt.Errorf("enqueue with results: %w", err)
+		}
+		res.ResultsPerSec = float64(o.Tasks) / time.Since(t0).Seconds()
 		res.LastSeq = seq
 		return res, nil
 	}

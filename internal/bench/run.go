@@ -92,14 +92,19 @@ type Figures struct {
 	EnqueueBatchPerSec             float64 `json:"enqueue_batch_per_sec"`
 	DrainPerSec                    float64 `json:"drain_per_sec"`
 	E2EPerSec                      float64 `json:"e2e_per_sec"`
-	LatencyP50Ms                   float64 `json:"latency_p50_ms"`
-	LatencyP99Ms                   float64 `json:"latency_p99_ms"`
-	LoadLatencyP50Ms               float64 `json:"load_latency_p50_ms"`
-	LoadLatencyP99Ms               float64 `json:"load_latency_p99_ms"`
-	LoadPerSec                     float64 `json:"load_per_sec"`
-	WorkerRSSMB                    float64 `json:"worker_rss_mb"`
-	WorkerRSSLoadedMB              float64 `json:"worker_rss_loaded_mb"`
-	PoolStartupMs                  float64 `json:"pool_startup_ms"`
+	// E2EResultsPerSec is end to end with every task's result recorded
+	// and waited for (forq: WithRecord and Producer.WaitMany; the
+	// baseline: a KV put per task by its worker, watched by the
+	// producer): the first publish until the producer has every result.
+	E2EResultsPerSec  float64 `json:"e2e_results_per_sec,omitempty"`
+	LatencyP50Ms      float64 `json:"latency_p50_ms"`
+	LatencyP99Ms      float64 `json:"latency_p99_ms"`
+	LoadLatencyP50Ms  float64 `json:"load_latency_p50_ms"`
+	LoadLatencyP99Ms  float64 `json:"load_latency_p99_ms"`
+	LoadPerSec        float64 `json:"load_per_sec"`
+	WorkerRSSMB       float64 `json:"worker_rss_mb"`
+	WorkerRSSLoadedMB float64 `json:"worker_rss_loaded_mb"`
+	PoolStartupMs     float64 `json:"pool_startup_ms"`
 	// BrokerCPUUsPerTask and ClientCPUUsPerTask are the CPU time (user
 	// and system) of the broker, and of the producer and worker
 	// processes, over the whole measurement of the mode divided by the
@@ -352,6 +357,10 @@ func (r *runner) mode(ctx context.Context, mode string) (*Figures, error) {
 	if err != nil {
 		return nil, err
 	}
+	f.E2EResultsPerSec, err = r.results(ctx, mode, c)
+	if err != nil {
+		return nil, err
+	}
 	f.WorkerRSSLoadedMB = p.rss()
 	if r.o.EmbeddedBroker {
 		f.BrokerRSSMB, f.BrokerPeakRSSMB = selfRSS()
@@ -404,6 +413,20 @@ func (r *runner) e2e(ctx context.Context, mode string, c jetstream.Consumer, wor
 	return float64(r.o.Tasks) / time.Since(time.Unix(0, res.StartNs)).Seconds(), nil
 }
 
+// results measures end to end with results recorded and waited for, on
+// the running pool.
+func (r *runner) results(ctx context.Context, mode string, c jetstream.Consumer) (float64, error) {
+	res, err := r.produce(ctx, mode, PhaseResults, r.o.Workers)
+	if err != nil {
+		return 0, err
+	}
+	// Every result is in; the acks may trail them.
+	if err := r.drained(ctx, c, res.LastSeq); err != nil {
+		return 0, err
+	}
+	return res.ResultsPerSec, nil
+}
+
 func (r *runner) names(mode string) (stream, consumer string) {
 	if mode == ModeForq {
 		return forq.StreamTasks, wire.ConsumerName(Queue)
@@ -425,6 +448,11 @@ func (r *runner) setup(ctx context.Context, mode string) (jetstream.Consumer, er
 		return topology.EnsureConsumer(ctx, r.js.Conn(), h.Tasks, Queue, 0)
 	}
 	_ = r.js.DeleteStream(ctx, BaselineStream)
+	_ = r.js.DeleteKeyValue(ctx, BaselineResults)
+	// As forq's results bucket: file storage, one value per key.
+	if _, err := r.js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: BaselineResults, Storage: jetstream.FileStorage, TTL: forq.DefaultResultTTL}); err != nil {
+		return nil, fmt.Errorf("create bucket %s: %w", BaselineResults, err)
+	}
 	s, err := r.js.CreateStream(ctx, jetstream.StreamConfig{
 		Name:       BaselineStream,
 		Subjects:   []string{BaselineSubject, BaselineSubject + ".>"}, // the second for --queues
@@ -450,6 +478,7 @@ func (r *runner) teardown(mode string) {
 		return
 	}
 	_ = r.js.DeleteStream(ctx, BaselineStream)
+	_ = r.js.DeleteKeyValue(ctx, BaselineResults)
 }
 
 // drained waits until every task up to stream sequence last is acked.
@@ -619,7 +648,7 @@ func (r *runner) produceArgs(ctx context.Context, mode, phase string, workers in
 		r.tasks += r.o.Samples + loadTasks
 	case PhaseEnqueue:
 		r.tasks += r.single + r.concurrent + r.o.Tasks
-	case PhaseE2E:
+	case PhaseE2E, PhaseResults:
 		r.tasks += r.o.Tasks
 	}
 	return &res, nil
@@ -665,6 +694,7 @@ func best(a, b *Figures) *Figures {
 	hi(&a.EnqueueBatchPerSec, b.EnqueueBatchPerSec)
 	hi(&a.DrainPerSec, b.DrainPerSec)
 	hi(&a.E2EPerSec, b.E2EPerSec)
+	hi(&a.E2EResultsPerSec, b.E2EResultsPerSec)
 	// The idle distribution is that of the round with the lower p99.
 	if b.LatencyDist != nil && (a.LatencyDist == nil || b.LatencyP99Ms < a.LatencyP99Ms) {
 		a.LatencyDist = b.LatencyDist

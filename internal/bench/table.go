@@ -29,7 +29,18 @@ func (r *Report) WriteTable(w io.Writer) error {
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t\n", name, num(x.forq, x.digits), num(x.base, x.digits), x.ratio())
 	}
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	f, b := &r.Figures, r.Baseline
+	if f.E2EPerSec > 0 && f.E2EResultsPerSec > 0 {
+		fmt.Fprintf(w, "\nend to end with results ÷ without, forq: %.2f", f.E2EResultsPerSec/f.E2EPerSec)
+		if b != nil && b.E2EPerSec > 0 && b.E2EResultsPerSec > 0 {
+			fmt.Fprintf(w, "; JetStream: %.2f", b.E2EResultsPerSec/b.E2EPerSec)
+		}
+		fmt.Fprintln(w)
+	}
+	return nil
 }
 
 // settingsLines describe the run: what it measured, and on what.
@@ -94,6 +105,7 @@ func (r *Report) rows() (out []figureRow) {
 	row("enqueue, batch (tasks/s)", f.EnqueueBatchPerSec, b.EnqueueBatchPerSec, 0)
 	row("drain a full queue (tasks/s)", f.DrainPerSec, b.DrainPerSec, 0)
 	row("end to end (tasks/s)", f.E2EPerSec, b.E2EPerSec, 0)
+	row("end to end, results waited for (tasks/s)", f.E2EResultsPerSec, b.E2EResultsPerSec, 0)
 	row("latency at idle, p50 (ms)", f.LatencyP50Ms, b.LatencyP50Ms, 3)
 	row("latency at idle, p99 (ms)", f.LatencyP99Ms, b.LatencyP99Ms, 3)
 	row(fmt.Sprintf("latency at %g/s, p50 (ms)", s.Rate), f.LoadLatencyP50Ms, b.LoadLatencyP50Ms, 3)

@@ -75,6 +75,7 @@ func baselineWorker(ctx context.Context, nc *nats.Conn, o WorkerOptions) error {
 	if err != nil {
 		return fmt.Errorf("baseline consumer: %w", err)
 	}
+	var results jetstream.KeyValue
 	for ctx.Err() == nil {
 		batch, err := c.Fetch(o.Concurrency, jetstream.FetchMaxWait(time.Second))
 		if err != nil {
@@ -89,8 +90,28 @@ func baselineWorker(ctx context.Context, nc *nats.Conn, o WorkerOptions) error {
 			if p := Probe(m.Data()); p != 0 {
 				_ = nc.Publish(ReportSubject, report(p, start))
 			}
+			if key := m.Headers().Get(ResultHeader); key != "" {
+				if err := putResult(ctx, js, &results, key); err != nil {
+					_ = m.Nak()
+					continue
+				}
+			}
 			_ = m.Ack()
 		}
 	}
 	return nil
+}
+
+// putResult puts a baseline task's result under key in BaselineResults,
+// opening the bucket into *kv the first time.
+func putResult(ctx context.Context, js jetstream.JetStream, kv *jetstream.KeyValue, key string) error {
+	if *kv == nil {
+		b, err := js.KeyValue(ctx, BaselineResults)
+		if err != nil {
+			return err
+		}
+		*kv = b
+	}
+	_, err := (*kv).Put(ctx, key, nil)
+	return err
 }

@@ -249,7 +249,7 @@ func (c *BenchWorkerCmd) Run(env *Env) (err error) {
 // BenchProducerCmd is a producer process of "forq bench".
 type BenchProducerCmd struct {
 	Mode        string  `required:"" enum:"forq,baseline" help:"forq or baseline."`
-	Phase       string  `required:"" enum:"latency,enqueue,e2e,fill,load" help:"What to do."`
+	Phase       string  `required:"" enum:"latency,enqueue,e2e,fill,load,results" help:"What to do."`
 	URL         string  `required:"" help:"Broker URL."`
 	Tasks       int     `default:"1000" help:"Tasks of a batch."`
 	Single      int     `default:"100" help:"Tasks enqueued one at a time."`
