@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 // Asynchronous publishing for EnqueueMany.
@@ -64,7 +65,7 @@ func parsePubAck(m *nats.Msg) pubAck {
 			} `json:"error"`
 		}
 		if err := json.Unmarshal(b, &e); err == nil && e.Error != nil {
-			return pubAck{err: fmt.Errorf("broker refused the task: %s (code %d, error %d)", e.Error.Description, e.Error.Code, e.Error.ErrCode)}
+			return pubAck{err: refusal{&jetstream.APIError{Code: e.Error.Code, ErrorCode: jetstream.ErrorCode(e.Error.ErrCode), Description: e.Error.Description}}}
 		}
 	}
 	i := bytes.Index(b, []byte(`"seq":`))
@@ -89,6 +90,16 @@ func parsePubAck(m *nats.Msg) pubAck {
 	}
 	return a
 }
+
+// refusal is the error of a publish the broker refused; it unwraps to the
+// broker's error (kvcas.IsConflict reads its code).
+type refusal struct{ api *jetstream.APIError }
+
+func (r refusal) Error() string {
+	return fmt.Sprintf("broker refused the task: %s (code %d, error %d)", r.api.Description, r.api.Code, r.api.ErrorCode)
+}
+
+func (r refusal) Unwrap() error { return r.api }
 
 // batchPub publishes one batch and collects its acks.
 type batchPub struct {

@@ -268,8 +268,9 @@ func (p *Producer) EnqueueMany(ctx context.Context, tasks []forq.Task, opts ...O
 // unique key another task, dups[i], holds. On an error nothing is taken.
 func (p *Producer) checkMany(ctx context.Context, tasks []forq.Task, o *options, buf *wire.Msg) (skip []bool, dups map[int]string, err error) {
 	skip = make([]bool, len(tasks))
+	var recorded []int
 	for i := range tasks {
-		err := p.check(ctx, &tasks[i], o, buf)
+		err := p.check(ctx, &tasks[i], o, buf, true)
 		if id, ok := duplicateOf(err); ok {
 			if dups == nil {
 				dups = map[int]string{}
@@ -283,6 +284,16 @@ func (p *Producer) checkMany(ctx context.Context, tasks []forq.Task, o *options,
 			}
 			return nil, nil, fmt.Errorf("task %d: %w", i, err)
 		}
+		if tasks[i].Record {
+			recorded = append(recorded, i)
+		}
+	}
+	// Every record is made before any task is published, as Enqueue does.
+	if err := p.recordManyQueued(ctx, tasks, recorded); err != nil {
+		for i := range tasks {
+			p.forget(tasks[i])
+		}
+		return nil, nil, err
 	}
 	return skip, dups, nil
 }
@@ -329,7 +340,7 @@ var msgs = sync.Pool{New: func() any { return wire.NewMsg() }}
 // published.
 func (p *Producer) prepare(ctx context.Context, t *forq.Task, o *options) (*wire.Msg, error) {
 	b := msgs.Get().(*wire.Msg)
-	if err := p.check(ctx, t, o, b); err != nil {
+	if err := p.check(ctx, t, o, b, false); err != nil {
 		release(b)
 		return nil, err
 	}
@@ -345,8 +356,8 @@ func release(b *wire.Msg) {
 
 // check applies o to t and validates it, encodes it into b, checks its
 // size, claims its unique key and records it as queued if it asks for a
-// record.
-func (p *Producer) check(ctx context.Context, t *forq.Task, o *options, b *wire.Msg) error {
+// record, unless later: its caller records it then.
+func (p *Producer) check(ctx context.Context, t *forq.Task, o *options, b *wire.Msg, later bool) error {
 	if err := o.apply(t); err != nil {
 		return err
 	}
@@ -365,13 +376,58 @@ func (p *Producer) check(ctx context.Context, t *forq.Task, o *options, b *wire.
 			return err
 		}
 	}
-	if t.Record {
-		queued := forq.Result{ID: t.ID, Queue: t.Queue, Type: t.Type, State: forq.StateQueued, Deadline: t.Deadline, ScheduledAt: t.At}
-		// A record there already (the task enqueued before) stays.
-		if err := record.New(p.results).Set(ctx, record.Enqueue, t.ID, nil, 0, &queued); err != nil && !kvcas.IsConflict(err) {
-			p.releaseUnique(*t)
+	if t.Record && !later {
+		return p.recordQueued(ctx, t)
+	}
+	return nil
+}
+
+// queued returns the record of t as it is enqueued.
+func queued(t *forq.Task) *forq.Result {
+	return &forq.Result{ID: t.ID, Queue: t.Queue, Type: t.Type, State: forq.StateQueued, Deadline: t.Deadline, ScheduledAt: t.At}
+}
+
+// recordQueued records t as queued; on an error it releases t's unique
+// key.
+func (p *Producer) recordQueued(ctx context.Context, t *forq.Task) error {
+	// A record there already (the task enqueued before) stays.
+	if err := record.New(p.results).Set(ctx, record.Enqueue, t.ID, nil, 0, queued(t)); err != nil && !kvcas.IsConflict(err) {
+		p.releaseUnique(*t)
+		sc := storageCheck{ctx: ctx, nc: p.nc}
+		return fmt.Errorf("enqueue %s: record: %w", t.ID, sc.wrap(err))
+	}
+	return nil
+}
+
+// recordManyQueued records the tasks of an EnqueueMany at is as queued,
+// as recordQueued does one by one, but with their writes in flight at
+// once: one round trip, not one per task. A task whose key has a value
+// (or a deleted one) goes through recordQueued. On an error the tasks
+// are left to forget.
+func (p *Producer) recordManyQueued(ctx context.Context, tasks []forq.Task, at []int) error {
+	switch len(at) {
+	case 0:
+		return nil
+	case 1:
+		return p.recordQueued(ctx, &tasks[at[0]])
+	}
+	records := record.New(p.results)
+	acks, err := publishBatch(ctx, p.nc, len(at), func(k int) (*nats.Msg, error) {
+		return records.CreateMsg(record.Enqueue, queued(&tasks[at[k]]))
+	}, p.window, p.ackTimeout)
+	if err != nil {
+		return err
+	}
+	for k, a := range acks {
+		t := &tasks[at[k]]
+		switch {
+		case kvcas.IsConflict(a.err):
+			if err := p.recordQueued(ctx, t); err != nil {
+				return fmt.Errorf("task %d: %w", at[k], err)
+			}
+		case a.err != nil:
 			sc := storageCheck{ctx: ctx, nc: p.nc}
-			return fmt.Errorf("enqueue %s: record: %w", t.ID, sc.wrap(err))
+			return fmt.Errorf("task %d: enqueue %s: record: %w", at[k], t.ID, sc.wrap(a.err))
 		}
 	}
 	return nil

@@ -23,6 +23,7 @@ import (
 
 	"github.com/forqhq/forq"
 	"github.com/forqhq/forq/internal/kvcas"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -225,6 +226,33 @@ func (s Store) Set(ctx context.Context, e Event, id string, cur *forq.Result, re
 		_, err = s.kv.Update(ctx, id, b, rev)
 	}
 	return err
+}
+
+// CreateMsg returns the message that makes event e happen to the record
+// of a task that has none (as Set with cur nil): a publish of next on the
+// record's subject, on the condition that the key has no value. Publishing
+// many such messages asynchronously makes many records in one round trip.
+// A key that has a value, or a deleted one, refuses it as a conflict
+// (kvcas.IsConflict): Set, which also creates over a deleted value, then
+// decides. The error wraps ErrNotAllowed when the table does not allow e
+// from no record.
+func (s Store) CreateMsg(e Event, next *forq.Result) (*nats.Msg, error) {
+	tr, ok := Events[e]
+	if !ok || !Allowed(e, None) || tr.To == None {
+		return nil, fmt.Errorf("%w: %s from no record", ErrNotAllowed, e)
+	}
+	if next == nil || next.State != tr.To {
+		return nil, fmt.Errorf("%w: %s leads to state %s", ErrNotAllowed, e, tr.To)
+	}
+	b, err := json.Marshal(next)
+	if err != nil {
+		return nil, err
+	}
+	return &nats.Msg{
+		Subject: "$KV." + s.kv.Bucket() + "." + next.ID,
+		Header:  nats.Header{jetstream.ExpectedLastSubjSeqHeader: []string{"0"}},
+		Data:    b,
+	}, nil
 }
 
 // Outcome is what a worker's Write did.
