@@ -64,7 +64,9 @@ func forqWorker(ctx context.Context, nc *nats.Conn, o WorkerOptions) error {
 }
 
 // baselineWorker is what a worker on plain JetStream does at the least:
-// fetch a batch, run each task, ack it.
+// fetch a batch, run each task, ack it. A task that names a result key
+// (ResultHeader) has its result put in BaselineResults first: the batch's
+// puts are published at once, and each task acked when its put is.
 func baselineWorker(ctx context.Context, nc *nats.Conn, o WorkerOptions) error {
 	js, err := jetstream.New(nc)
 	if err != nil {
@@ -75,7 +77,11 @@ func baselineWorker(ctx context.Context, nc *nats.Conn, o WorkerOptions) error {
 	if err != nil {
 		return fmt.Errorf("baseline consumer: %w", err)
 	}
-	var results jetstream.KeyValue
+	type put struct {
+		m jetstream.Msg
+		f jetstream.PubAckFuture
+	}
+	var puts []put
 	for ctx.Err() == nil {
 		batch, err := c.Fetch(o.Concurrency, jetstream.FetchMaxWait(time.Second))
 		if err != nil {
@@ -85,33 +91,33 @@ func baselineWorker(ctx context.Context, nc *nats.Conn, o WorkerOptions) error {
 			time.Sleep(100 * time.Millisecond)
 			continue
 		}
+		puts = puts[:0]
 		for m := range batch.Messages() {
 			start := time.Now()
 			if p := Probe(m.Data()); p != 0 {
 				_ = nc.Publish(ReportSubject, report(p, start))
 			}
 			if key := m.Headers().Get(ResultHeader); key != "" {
-				if err := putResult(ctx, js, &results, key); err != nil {
+				f, err := js.PublishAsync("$KV."+BaselineResults+"."+key, nil)
+				if err != nil {
 					_ = m.Nak()
 					continue
 				}
+				puts = append(puts, put{m, f})
+				continue
 			}
 			_ = m.Ack()
 		}
+		for _, p := range puts {
+			select {
+			case <-p.f.Ok():
+				_ = p.m.Ack()
+			case <-p.f.Err():
+				_ = p.m.Nak()
+			case <-ctx.Done():
+				return nil
+			}
+		}
 	}
 	return nil
-}
-
-// putResult puts a baseline task's result under key in BaselineResults,
-// opening the bucket into *kv the first time.
-func putResult(ctx context.Context, js jetstream.JetStream, kv *jetstream.KeyValue, key string) error {
-	if *kv == nil {
-		b, err := js.KeyValue(ctx, BaselineResults)
-		if err != nil {
-			return err
-		}
-		*kv = b
-	}
-	_, err := (*kv).Put(ctx, key, nil)
-	return err
 }
