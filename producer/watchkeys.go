@@ -36,13 +36,15 @@ type keysWatch struct {
 	// failed gets the error that ended the stream early.
 	failed chan error
 	quit   chan struct{}
+	// cancel ends the reads of current values.
+	cancel context.CancelFunc
 	wg     sync.WaitGroup
 }
 
 // watchKeys starts a keysWatch on keys of kv. keys may be rewritten (see
 // jetstream.KeyValue.WatchFiltered).
 func watchKeys(ctx context.Context, kv jetstream.KeyValue, keys []string) (*keysWatch, error) {
-	k := &keysWatch{failed: make(chan error, 1), quit: make(chan struct{})}
+	k := &keysWatch{failed: make(chan error, 1), quit: make(chan struct{}), cancel: func() {}}
 	if len(keys) <= watchFew {
 		w, err := kv.WatchFiltered(ctx, keys)
 		if err != nil {
@@ -60,9 +62,11 @@ func watchKeys(ctx context.Context, kv jetstream.KeyValue, keys []string) (*keys
 	k.ws = []jetstream.KeyWatcher{w}
 	merged := make(chan jetstream.KeyValueEntry, 256)
 	k.updates = merged
+	rctx, cancel := context.WithCancel(ctx)
+	k.cancel = cancel
 	k.wg.Add(2)
 	go k.forward(w, merged)
-	go k.current(ctx, kv, keys, merged)
+	go k.current(rctx, kv, keys, merged)
 	return k, nil
 }
 
@@ -112,7 +116,9 @@ func (k *keysWatch) current(ctx context.Context, kv jetstream.KeyValue, keys []s
 					continue
 				}
 				if err != nil {
-					k.fail(err)
+					if ctx.Err() == nil {
+						k.fail(err)
+					}
 					continue
 				}
 				select {
@@ -141,6 +147,7 @@ func (k *keysWatch) current(ctx context.Context, kv jetstream.KeyValue, keys []s
 // stop stops the watch and the goroutines that feed the stream.
 func (k *keysWatch) stop() {
 	close(k.quit)
+	k.cancel()
 	for _, w := range k.ws {
 		_ = w.Stop()
 	}
