@@ -96,15 +96,25 @@ type Figures struct {
 	// and waited for (forq: WithRecord and Producer.WaitMany; the
 	// baseline: a KV put per task by its worker, watched by the
 	// producer): the first publish until the producer has every result.
-	E2EResultsPerSec  float64 `json:"e2e_results_per_sec,omitempty"`
-	LatencyP50Ms      float64 `json:"latency_p50_ms"`
-	LatencyP99Ms      float64 `json:"latency_p99_ms"`
-	LoadLatencyP50Ms  float64 `json:"load_latency_p50_ms"`
-	LoadLatencyP99Ms  float64 `json:"load_latency_p99_ms"`
-	LoadPerSec        float64 `json:"load_per_sec"`
-	WorkerRSSMB       float64 `json:"worker_rss_mb"`
-	WorkerRSSLoadedMB float64 `json:"worker_rss_loaded_mb"`
-	PoolStartupMs     float64 `json:"pool_startup_ms"`
+	E2EResultsPerSec float64 `json:"e2e_results_per_sec,omitempty"`
+	// E2EBrokerCPUUsPerTask and E2EClientCPUUsPerTask are the CPU time of
+	// the broker (embedded only), and of the producer and workers, during
+	// e2e_per_sec's run, per task; the E2EResults ones during
+	// e2e_results_per_sec's: what recording and waiting for a result
+	// costs, less sensitive than throughput to a busy machine. The
+	// workers' is read from /proc, in 10 ms ticks.
+	E2EBrokerCPUUsPerTask        float64 `json:"e2e_broker_cpu_us_per_task,omitempty"`
+	E2EClientCPUUsPerTask        float64 `json:"e2e_client_cpu_us_per_task,omitempty"`
+	E2EResultsBrokerCPUUsPerTask float64 `json:"e2e_results_broker_cpu_us_per_task,omitempty"`
+	E2EResultsClientCPUUsPerTask float64 `json:"e2e_results_client_cpu_us_per_task,omitempty"`
+	LatencyP50Ms                 float64 `json:"latency_p50_ms"`
+	LatencyP99Ms                 float64 `json:"latency_p99_ms"`
+	LoadLatencyP50Ms             float64 `json:"load_latency_p50_ms"`
+	LoadLatencyP99Ms             float64 `json:"load_latency_p99_ms"`
+	LoadPerSec                   float64 `json:"load_per_sec"`
+	WorkerRSSMB                  float64 `json:"worker_rss_mb"`
+	WorkerRSSLoadedMB            float64 `json:"worker_rss_loaded_mb"`
+	PoolStartupMs                float64 `json:"pool_startup_ms"`
 	// BrokerCPUUsPerTask and ClientCPUUsPerTask are the CPU time (user
 	// and system) of the broker, and of the producer and worker
 	// processes, over the whole measurement of the mode divided by the
@@ -353,14 +363,18 @@ func (r *runner) mode(ctx context.Context, mode string) (*Figures, error) {
 		f.DrainBrokerCPUUsPerTask = round(float64(broker1-broker0)/1e3/drained, 2)
 	}
 
+	cpu := r.phaseCPU(p)
 	f.E2EPerSec, err = r.e2e(ctx, mode, c, r.o.Workers)
 	if err != nil {
 		return nil, err
 	}
+	f.E2EBrokerCPUUsPerTask, f.E2EClientCPUUsPerTask = cpu()
+	cpu = r.phaseCPU(p)
 	f.E2EResultsPerSec, err = r.results(ctx, mode, c)
 	if err != nil {
 		return nil, err
 	}
+	f.E2EResultsBrokerCPUUsPerTask, f.E2EResultsClientCPUUsPerTask = cpu()
 	f.WorkerRSSLoadedMB = p.rss()
 	if r.o.EmbeddedBroker {
 		f.BrokerRSSMB, f.BrokerPeakRSSMB = selfRSS()
@@ -411,6 +425,23 @@ func (r *runner) e2e(ctx context.Context, mode string, c jetstream.Consumer, wor
 		return 0, err
 	}
 	return float64(r.o.Tasks) / time.Since(time.Unix(0, res.StartNs)).Seconds(), nil
+}
+
+// phaseCPU starts counting the CPU time of a phase of --tasks tasks run
+// by pool p and one producer process; the function it returns gives the
+// broker's (0 unless embedded) and the producer's and workers' time per
+// task, in µs.
+func (r *runner) phaseCPU(p *workerPool) func() (broker, client float64) {
+	self0, children0 := cpuTimes()
+	workers0 := p.cpu()
+	return func() (broker, client float64) {
+		self1, children1 := cpuTimes()
+		per := func(ns int64) float64 { return round(float64(ns)/1e3/float64(r.o.Tasks), 2) }
+		if r.o.EmbeddedBroker {
+			broker = per(self1 - self0)
+		}
+		return broker, per(children1 - children0 + p.cpu() - workers0)
+	}
 }
 
 // results measures end to end with results recorded and waited for, on
@@ -714,6 +745,10 @@ func best(a, b *Figures) *Figures {
 	lo(&a.ClientCPUUsPerTask, b.ClientCPUUsPerTask)
 	lo(&a.DrainBrokerCPUUsPerTask, b.DrainBrokerCPUUsPerTask)
 	lo(&a.DrainWorkerCPUUsPerTask, b.DrainWorkerCPUUsPerTask)
+	lo(&a.E2EBrokerCPUUsPerTask, b.E2EBrokerCPUUsPerTask)
+	lo(&a.E2EClientCPUUsPerTask, b.E2EClientCPUUsPerTask)
+	lo(&a.E2EResultsBrokerCPUUsPerTask, b.E2EResultsBrokerCPUUsPerTask)
+	lo(&a.E2EResultsClientCPUUsPerTask, b.E2EResultsClientCPUUsPerTask)
 	a.Queues = bestQueues(a.Queues, b.Queues)
 	lo(&a.EnqueueProducerCPUUs, b.EnqueueProducerCPUUs)
 	lo(&a.EnqueueBrokerCPUUs, b.EnqueueBrokerCPUUs)

@@ -130,6 +130,14 @@ func (r *Report) rows() (out []figureRow) {
 	if f.EnqueueConcurrentBrokerCPUUs > 0 {
 		row(fmt.Sprintf("  enqueue 1 × %d, broker (µs)", s.Producers), f.EnqueueConcurrentBrokerCPUUs, b.EnqueueConcurrentBrokerCPUUs, 1)
 	}
+	if f.E2EBrokerCPUUsPerTask > 0 {
+		row("  end to end, broker (µs)", f.E2EBrokerCPUUsPerTask, b.E2EBrokerCPUUsPerTask, 1)
+	}
+	row("  end to end, producer+workers (µs)", f.E2EClientCPUUsPerTask, b.E2EClientCPUUsPerTask, 1)
+	if f.E2EResultsBrokerCPUUsPerTask > 0 {
+		row("  with results, broker (µs)", f.E2EResultsBrokerCPUUsPerTask, b.E2EResultsBrokerCPUUsPerTask, 1)
+	}
+	row("  with results, producer+workers (µs)", f.E2EResultsClientCPUUsPerTask, b.E2EResultsClientCPUUsPerTask, 1)
 	if f.BrokerRSSMB > 0 {
 		row("broker RSS, after end to end (MiB)", f.BrokerRSSMB, b.BrokerRSSMB, 1)
 		row("broker RSS, peak (MiB)", f.BrokerPeakRSSMB, b.BrokerPeakRSSMB, 1)
