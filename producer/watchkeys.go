@@ -5,6 +5,7 @@ import (
 	"errors"
 	"sync"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -13,11 +14,12 @@ import (
 // when its consumer is made (about 15 ms for 64 keys, 0.4 s for 1,024,
 // 9 s for 4,096 on a 2-CPU machine), and its request must fit the broker's
 // largest message (1 MiB holds about 18,000 task IDs). More keys than this
-// are waited for with a watch of every key's updates and a read of each
-// key's current value.
+// are waited for with a watch of every key's updates and a read of the
+// keys' current values, 1,024 at a time (see lastValues).
 const watchFew = 64
 
-// gets is how many reads of current values a keysWatch has in flight.
+// gets is how many reads of single current values a keysWatch has in
+// flight when the broker does not serve batched ones.
 const gets = 16
 
 // errWatchClosed is the error of a watch that closed before it was
@@ -43,7 +45,7 @@ type keysWatch struct {
 
 // watchKeys starts a keysWatch on keys of kv. keys may be rewritten (see
 // jetstream.KeyValue.WatchFiltered).
-func watchKeys(ctx context.Context, kv jetstream.KeyValue, keys []string) (*keysWatch, error) {
+func watchKeys(ctx context.Context, nc *nats.Conn, kv jetstream.KeyValue, keys []string) (*keysWatch, error) {
 	k := &keysWatch{failed: make(chan error, 1), quit: make(chan struct{}), cancel: func() {}}
 	if len(keys) <= watchFew {
 		w, err := kv.WatchFiltered(ctx, keys)
@@ -66,7 +68,7 @@ func watchKeys(ctx context.Context, kv jetstream.KeyValue, keys []string) (*keys
 	k.cancel = cancel
 	k.wg.Add(2)
 	go k.forward(w, merged)
-	go k.current(rctx, kv, keys, merged)
+	go k.current(rctx, nc, kv, keys, merged)
 	return k, nil
 }
 
@@ -102,10 +104,37 @@ func (k *keysWatch) forward(w jetstream.KeyWatcher, merged chan<- jetstream.KeyV
 	}
 }
 
-// current reads the current value of each key, gets at a time, into
-// merged, then sends nil.
-func (k *keysWatch) current(ctx context.Context, kv jetstream.KeyValue, keys []string, merged chan<- jetstream.KeyValueEntry) {
+// current reads the current value of each key into merged, then sends
+// nil: in batches (lastValues) or, when the broker does not serve those,
+// key by key, gets at a time.
+func (k *keysWatch) current(ctx context.Context, nc *nats.Conn, kv jetstream.KeyValue, keys []string, merged chan<- jetstream.KeyValueEntry) {
 	defer k.wg.Done()
+	err := lastValues(ctx, nc, kv.Bucket(), keys, func(e jetstream.KeyValueEntry) bool {
+		select {
+		case merged <- e:
+			return true
+		case <-k.quit:
+			return false
+		}
+	})
+	switch {
+	case errors.Is(err, errNoMultiGet):
+		k.eachValue(ctx, kv, keys, merged)
+	case err != nil:
+		if ctx.Err() == nil {
+			k.fail(err)
+		}
+		return
+	}
+	select {
+	case merged <- nil:
+	case <-k.quit:
+	}
+}
+
+// eachValue reads the current value of each key into merged, gets at a
+// time.
+func (k *keysWatch) eachValue(ctx context.Context, kv jetstream.KeyValue, keys []string, merged chan<- jetstream.KeyValueEntry) {
 	next := make(chan string)
 	var wg sync.WaitGroup
 	for range min(gets, len(keys)) {
@@ -138,10 +167,6 @@ func (k *keysWatch) current(ctx context.Context, kv jetstream.KeyValue, keys []s
 	}
 	close(next)
 	wg.Wait()
-	select {
-	case merged <- nil:
-	case <-k.quit:
-	}
 }
 
 // stop stops the watch and the goroutines that feed the stream.
