@@ -230,6 +230,8 @@ func producerPublish() []string {
 		jsAPI+"STREAM.MSG.GET."+tasksStream,
 		jsAPI+"STREAM.MSG.DELETE."+tasksStream,
 		"$KV."+forq.BucketResults+".>",
+		// WaitMany reads many results in one batched direct get.
+		jsAPI+"DIRECT.GET."+kvStream(forq.BucketResults),
 		"$KV."+forq.BucketUnique+".>",
 		"$KV."+forq.BucketCancel+".>",
 	)

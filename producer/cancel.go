@@ -87,7 +87,7 @@ func (p *Producer) WaitMany(ctx context.Context, ids []string) ([]*forq.Result, 
 		}
 		drop := p.conn.dropCh()
 		// One watch per watchChunk keys: see watchKeys.
-		w, err := watchKeys(ctx, p.nc, p.results, pending)
+		w, err := watchKeys(ctx, p.nc, p.results, pending, &p.noBatchGet)
 		if err != nil {
 			if p.watchAgain(ctx, err) {
 				continue

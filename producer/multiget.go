@@ -18,7 +18,8 @@ import (
 const multiGet = 1024
 
 // errNoMultiGet: the broker does not answer batched direct reads of the
-// bucket (its stream does not allow direct gets).
+// bucket (its stream does not allow direct gets, or the client may not
+// ask: see firstAnswer).
 var errNoMultiGet = errors.New("no batched direct get")
 
 // lastValues reads the current value of each of keys in the KV bucket
@@ -63,13 +64,23 @@ func lastValuesOnce(ctx context.Context, nc *nats.Conn, subject, prefix, bucket 
 	if err := nc.PublishRequest(subject, inbox, body); err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
+	// No answer at all: the client may not publish the request (the
+	// broker drops it, and says so only to the connection's error
+	// handler).
+	first := true
 	for {
-		m, err := sub.NextMsgWithContext(ctx)
+		wait := 10 * time.Second
+		if first {
+			wait = firstAnswer
+		}
+		m, err := nextMsg(ctx, sub, wait)
+		if first && errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
+			return errNoMultiGet
+		}
 		if err != nil {
 			return fmt.Errorf("batched read of %d keys: %w", len(subjects), err)
 		}
+		first = false
 		switch st := m.Header.Get("Status"); st {
 		case "":
 		case "204", "404": // the end; 404: none of the keys has a value
@@ -96,6 +107,16 @@ func lastValuesOnce(ctx context.Context, nc *nats.Conn, subject, prefix, bucket 
 			return nil
 		}
 	}
+}
+
+// firstAnswer bounds the wait for the first answer to a batched read.
+const firstAnswer = 5 * time.Second
+
+// nextMsg returns sub's next message within wait.
+func nextMsg(ctx context.Context, sub *nats.Subscription, wait time.Duration) (*nats.Msg, error) {
+	ctx, cancel := context.WithTimeout(ctx, wait)
+	defer cancel()
+	return sub.NextMsgWithContext(ctx)
 }
 
 // kvEntry is a KV entry read by lastValues.

@@ -1,7 +1,9 @@
 package producer
 
 import (
+	"errors"
 	"strconv"
+	"strings"
 	"testing"
 
 	"github.com/forqhq/forq/internal/testutil"
@@ -68,5 +70,32 @@ func TestLastValues(t *testing.T) {
 	}
 	if want := n / 3; puts != want || deletes != want {
 		t.Fatalf("%d puts and %d deletes, want %d of each", puts, deletes, want)
+	}
+}
+
+// A client that may not ask for a batched read (its permissions predate
+// it) gets errNoMultiGet, to read key by key, not an error.
+func TestLastValuesNotAllowed(t *testing.T) {
+	u := testutil.Limited("p", []string{"$JS.API.>", "$KV.LV.>"}, nil)
+	u.Permissions.Publish.Deny = []string{"$JS.API.DIRECT.GET.KV_LV"}
+	s := testutil.ServerWithUsers(t, u)
+	nc := testutil.ConnectAs(t, s, "p", func(err error) bool { return strings.Contains(err.Error(), "DIRECT.GET.KV_LV") })
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kv, err := js.CreateKeyValue(t.Context(), jetstream.KeyValueConfig{Bucket: "LV"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.Put(t.Context(), "k", []byte("v")); err != nil {
+		t.Fatal(err)
+	}
+	err = lastValues(t.Context(), nc, "LV", []string{"k"}, func(jetstream.KeyValueEntry) bool { return true })
+	if !errors.Is(err, errNoMultiGet) {
+		t.Fatalf("lastValues: %v, want errNoMultiGet", err)
+	}
+	if _, err := kv.Get(t.Context(), "k"); err != nil {
+		t.Fatalf("a read of one key: %v", err)
 	}
 }

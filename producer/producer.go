@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/forqhq/forq"
@@ -78,6 +79,9 @@ type Producer struct {
 	unrecorded unrecorded
 	// counts are what Collector reports.
 	counts queueCounts
+	// noBatchGet: the broker did not answer WaitMany's batched read of
+	// results (see watchKeys).
+	noBatchGet atomic.Bool
 }
 
 // Info describes an enqueued task.

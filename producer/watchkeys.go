@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"sync/atomic"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -40,13 +41,16 @@ type keysWatch struct {
 	quit   chan struct{}
 	// cancel ends the reads of current values.
 	cancel context.CancelFunc
-	wg     sync.WaitGroup
+	// noBatch is the producer's: set once the broker did not answer a
+	// batched read, so that later waits read key by key at once.
+	noBatch *atomic.Bool
+	wg      sync.WaitGroup
 }
 
 // watchKeys starts a keysWatch on keys of kv. keys may be rewritten (see
 // jetstream.KeyValue.WatchFiltered).
-func watchKeys(ctx context.Context, nc *nats.Conn, kv jetstream.KeyValue, keys []string) (*keysWatch, error) {
-	k := &keysWatch{failed: make(chan error, 1), quit: make(chan struct{}), cancel: func() {}}
+func watchKeys(ctx context.Context, nc *nats.Conn, kv jetstream.KeyValue, keys []string, noBatch *atomic.Bool) (*keysWatch, error) {
+	k := &keysWatch{failed: make(chan error, 1), quit: make(chan struct{}), cancel: func() {}, noBatch: noBatch}
 	if len(keys) <= watchFew {
 		w, err := kv.WatchFiltered(ctx, keys)
 		if err != nil {
@@ -109,16 +113,20 @@ func (k *keysWatch) forward(w jetstream.KeyWatcher, merged chan<- jetstream.KeyV
 // key by key, gets at a time.
 func (k *keysWatch) current(ctx context.Context, nc *nats.Conn, kv jetstream.KeyValue, keys []string, merged chan<- jetstream.KeyValueEntry) {
 	defer k.wg.Done()
-	err := lastValues(ctx, nc, kv.Bucket(), keys, func(e jetstream.KeyValueEntry) bool {
-		select {
-		case merged <- e:
-			return true
-		case <-k.quit:
-			return false
-		}
-	})
+	err := errNoMultiGet
+	if !k.noBatch.Load() {
+		err = lastValues(ctx, nc, kv.Bucket(), keys, func(e jetstream.KeyValueEntry) bool {
+			select {
+			case merged <- e:
+				return true
+			case <-k.quit:
+				return false
+			}
+		})
+	}
 	switch {
 	case errors.Is(err, errNoMultiGet):
+		k.noBatch.Store(true)
 		k.eachValue(ctx, kv, keys, merged)
 	case err != nil:
 		if ctx.Err() == nil {
