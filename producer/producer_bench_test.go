@@ -146,6 +146,7 @@ func BenchmarkRoundTrip(b *testing.B) {
 // and the embedded broker's) per operation, as cpu-ns/op: less moved by a
 // busy machine than ns/op. Call the function it returns at the end.
 func cpuPerOp(b *testing.B) func() {
+	b.Helper()
 	cpu := func() int64 {
 		var u syscall.Rusage
 		_ = syscall.Getrusage(syscall.RUSAGE_SELF, &u)

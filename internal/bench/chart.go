@@ -195,11 +195,12 @@ func newAxis(vals []float64, log, zero bool, ticks []float64) (axis, []float64) 
 	if zero {
 		lo, hi = min(lo, 0), max(hi, 0)
 	}
-	switch {
-	case lo == hi && lo == 0:
-		hi = 1
-	case lo == hi:
-		lo, hi = lo-1, hi+1
+	if lo == hi {
+		if lo == 0 {
+			hi = 1
+		} else {
+			lo, hi = lo-1, hi+1
+		}
 	}
 	if len(ticks) > 0 {
 		pad := (hi - lo) * 0.05

@@ -3,7 +3,6 @@ package bench_test
 import (
 	"bytes"
 	"context"
-	"io"
 	"log/slog"
 	"os"
 	"strings"
@@ -51,7 +50,7 @@ func TestGrowthFiguresReported(t *testing.T) {
 		Command: []string{exe, "--log-level=warn"}, URL: s.ClientURL(),
 		Tasks: 500, Workers: 1, PayloadSize: 64, Rate: 200, Samples: 10, Concurrency: 64,
 		Baseline: true, Rounds: 1, EmbeddedBroker: true, Stderr: &stderr,
-		Log:    slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Log:    slog.New(slog.DiscardHandler),
 		Growth: bench.GrowthOptions{Backlog: 2000, Payloads: []int{64, 4096}, LoadFractions: []float64{0.5}},
 	})
 	if err != nil {

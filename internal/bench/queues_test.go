@@ -3,7 +3,6 @@ package bench
 import (
 	"bytes"
 	"context"
-	"io"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -39,7 +38,7 @@ func TestManyQueuesReported(t *testing.T) {
 		Command: []string{exe, "--log-level=warn"}, URL: s.ClientURL(),
 		Tasks: 300, Workers: 1, PayloadSize: 64, Rate: 200, Samples: 5, Concurrency: 16,
 		Queues: queues, IdleTime: 500 * time.Millisecond, Baseline: true, Rounds: 1,
-		EmbeddedBroker: true, Stderr: os.Stderr, Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		EmbeddedBroker: true, Stderr: os.Stderr, Log: slog.New(slog.DiscardHandler),
 	})
 	if err != nil {
 		t.Fatalf("Run: %v", err)

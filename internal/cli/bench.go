@@ -49,8 +49,8 @@ type BenchCmd struct {
 	ProfileDir string `placeholder:"DIR" help:"Write a CPU profile of every worker and producer process to DIR."`
 }
 
-// Run measures and prints the figures.
-func (c *BenchCmd) Run(env *Env) (err error) {
+// validate checks the flags before anything is measured.
+func (c *BenchCmd) validate() error {
 	if c.Tasks < 1 || c.Samples < 1 || c.Rounds < 1 || c.Concurrency < 1 || c.Rate <= 0 || c.Workers < 0 {
 		return usageErr("--tasks, --samples, --rounds, --concurrency and --rate must be positive, --workers not negative")
 	}
@@ -68,7 +68,12 @@ func (c *BenchCmd) Run(env *Env) (err error) {
 			return usageErr("--scale: %d workers; each size must be at least 1", w)
 		}
 	}
-	if err := c.BenchGrowthFlags.validate(); err != nil {
+	return c.BenchGrowthFlags.validate()
+}
+
+// Run measures and prints the figures.
+func (c *BenchCmd) Run(env *Env) (err error) {
+	if err := c.validate(); err != nil {
 		return err
 	}
 	if c.From != "" {

@@ -25,64 +25,13 @@ func TestBenchReportsEveryFigure(t *testing.T) {
 	if err := json.Unmarshal([]byte(out), &rep); err != nil {
 		t.Fatalf("output is not one JSON object: %v\n%s", err, out)
 	}
-	keys := []string{
-		"enqueue_per_sec", "enqueue_concurrent_per_sec", "enqueue_batch_per_sec", "drain_per_sec", "e2e_per_sec",
-		"latency_p50_ms", "latency_p99_ms", "load_latency_p50_ms", "load_latency_p99_ms", "load_per_sec",
-		"worker_rss_mb", "worker_rss_loaded_mb", "pool_startup_ms", "broker_cpu_us_per_task", "client_cpu_us_per_task",
-		"enqueue_producer_cpu_us_per_task", "enqueue_concurrent_producer_cpu_us_per_task",
-		"drain_broker_cpu_us_per_task",
-	}
-	// Read in clock ticks of 10 ms, which a drain of 1,000 tasks may not
-	// reach: present, not necessarily positive.
-	presentKeys := []string{"drain_worker_cpu_us_per_task"}
-	scaleKeys := []string{"e2e_per_sec", "pool_startup_ms", "worker_rss_mb"}
-	check := func(name string, m map[string]any) {
-		t.Helper()
-		for _, k := range keys {
-			if v, ok := m[k].(float64); !ok || v <= 0 {
-				t.Errorf("%s: %s = %v, want a positive number", name, k, m[k])
-			}
-		}
-		for _, k := range presentKeys {
-			if name == "ratio" {
-				break // no ratio to a baseline figure of 0
-			}
-			if v, ok := m[k].(float64); !ok || v < 0 {
-				t.Errorf("%s: %s = %v, want a number", name, k, m[k])
-			}
-		}
-		scale, ok := m["scale"].(map[string]any)
-		if !ok {
-			t.Fatalf("%s: scale = %v, want an object", name, m["scale"])
-		}
-		for _, w := range []string{"1", "2"} {
-			s, ok := scale[w].(map[string]any)
-			if !ok {
-				t.Errorf("%s: scale[%s] = %v, want an object", name, w, scale[w])
-				continue
-			}
-			for _, k := range scaleKeys {
-				if v, ok := s[k].(float64); !ok || v <= 0 {
-					t.Errorf("%s: scale[%s].%s = %v, want a positive number", name, w, k, s[k])
-				}
-			}
-		}
-		if name == "ratio" {
-			if _, ok := m["latency_dist"]; ok {
-				t.Errorf("ratio: has latency_dist, a distribution to draw, not to divide")
-			}
-			return
-		}
-		checkDist(t, name+": latency_dist", m["latency_dist"], 20)
-		checkDist(t, name+": load_latency_dist", m["load_latency_dist"], -1)
-	}
-	check("forq", rep)
+	checkBenchFigures(t, "forq", rep)
 	for _, obj := range []string{"baseline", "ratio"} {
 		m, ok := rep[obj].(map[string]any)
 		if !ok {
 			t.Fatalf("%s = %v, want an object", obj, rep[obj])
 		}
-		check(obj, m)
+		checkBenchFigures(t, obj, m)
 	}
 	if s, ok := rep["settings"].(map[string]any); !ok || s["workers"] != 2.0 || s["tasks"] != 1000.0 {
 		t.Errorf("settings = %v, want workers 2 and tasks 1000", rep["settings"])
@@ -112,6 +61,63 @@ func TestBenchReportsEveryFigure(t *testing.T) {
 	if b, err := os.ReadFile(again); err != nil || string(b) != string(page) {
 		t.Errorf("--from: the page drawn again from the JSON differs (err %v)", err)
 	}
+}
+
+// The figures every report has, for forq, the baseline and their ratio.
+var (
+	benchKeys = []string{
+		"enqueue_per_sec", "enqueue_concurrent_per_sec", "enqueue_batch_per_sec", "drain_per_sec", "e2e_per_sec",
+		"latency_p50_ms", "latency_p99_ms", "load_latency_p50_ms", "load_latency_p99_ms", "load_per_sec",
+		"worker_rss_mb", "worker_rss_loaded_mb", "pool_startup_ms", "broker_cpu_us_per_task", "client_cpu_us_per_task",
+		"enqueue_producer_cpu_us_per_task", "enqueue_concurrent_producer_cpu_us_per_task",
+		"drain_broker_cpu_us_per_task",
+	}
+	// Read in clock ticks of 10 ms, which a drain of 1,000 tasks may not
+	// reach: present, not necessarily positive.
+	benchPresentKeys = []string{"drain_worker_cpu_us_per_task"}
+	benchScaleKeys   = []string{"e2e_per_sec", "pool_startup_ms", "worker_rss_mb"}
+)
+
+// checkBenchFigures checks the figures of one object of the JSON report.
+func checkBenchFigures(t *testing.T, name string, m map[string]any) {
+	t.Helper()
+	for _, k := range benchKeys {
+		if v, ok := m[k].(float64); !ok || v <= 0 {
+			t.Errorf("%s: %s = %v, want a positive number", name, k, m[k])
+		}
+	}
+	for _, k := range benchPresentKeys {
+		if name == "ratio" {
+			break // no ratio to a baseline figure of 0
+		}
+		if v, ok := m[k].(float64); !ok || v < 0 {
+			t.Errorf("%s: %s = %v, want a number", name, k, m[k])
+		}
+	}
+	scale, ok := m["scale"].(map[string]any)
+	if !ok {
+		t.Fatalf("%s: scale = %v, want an object", name, m["scale"])
+	}
+	for _, w := range []string{"1", "2"} {
+		s, ok := scale[w].(map[string]any)
+		if !ok {
+			t.Errorf("%s: scale[%s] = %v, want an object", name, w, scale[w])
+			continue
+		}
+		for _, k := range benchScaleKeys {
+			if v, ok := s[k].(float64); !ok || v <= 0 {
+				t.Errorf("%s: scale[%s].%s = %v, want a positive number", name, w, k, s[k])
+			}
+		}
+	}
+	if name == "ratio" {
+		if _, ok := m["latency_dist"]; ok {
+			t.Errorf("ratio: has latency_dist, a distribution to draw, not to divide")
+		}
+		return
+	}
+	checkDist(t, name+": latency_dist", m["latency_dist"], 20)
+	checkDist(t, name+": load_latency_dist", m["load_latency_dist"], -1)
 }
 
 // checkDist checks a latency distribution of the JSON report: n probes
