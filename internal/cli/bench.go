@@ -68,7 +68,28 @@ func (c *BenchCmd) validate() error {
 			return usageErr("--scale: %d workers; each size must be at least 1", w)
 		}
 	}
-	return c.BenchGrowthFlags.validate()
+	if err := c.BenchGrowthFlags.validate(); err != nil {
+		return err
+	}
+	return c.checkOutputs()
+}
+
+// checkOutputs checks, before anything is measured, that the files asked
+// for can be written: a run can take minutes, and its figures must not be
+// lost to a mistyped path at the end.
+func (c *BenchCmd) checkOutputs() error {
+	if c.HTML != "" {
+		dir := filepath.Dir(c.HTML)
+		if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
+			return usageErr("--html %s: no directory %s to write it in", c.HTML, dir)
+		}
+	}
+	if c.SVGDir != "" {
+		if err := os.MkdirAll(c.SVGDir, 0o750); err != nil {
+			return usageErr("--svg-dir: %v", err)
+		}
+	}
+	return nil
 }
 
 // Run measures and prints the figures.
@@ -147,6 +168,9 @@ func (c *BenchCmd) Run(env *Env) (err error) {
 // output prints the report, as a table or JSON, and writes its HTML page
 // and SVG charts if asked.
 func (c *BenchCmd) output(env *Env, rep *bench.Report) error {
+	if err := c.print(env, rep); err != nil {
+		return err
+	}
 	if c.HTML != "" {
 		if err := writeFile(c.HTML, rep.WriteHTML); err != nil {
 			return fmt.Errorf("--html: %w", err)
@@ -160,6 +184,11 @@ func (c *BenchCmd) output(env *Env, rep *bench.Report) error {
 		}
 		env.Log.Info("bench: wrote the charts", "files", files)
 	}
+	return nil
+}
+
+// print writes the figures to stdout: one JSON object, or the table.
+func (c *BenchCmd) print(env *Env, rep *bench.Report) error {
 	if c.JSON {
 		enc := json.NewEncoder(env.Stdout)
 		enc.SetIndent("", "  ")

@@ -6,8 +6,9 @@ import (
 	"testing"
 )
 
-// A bad value of a growth flag of forq bench is a usage error that names
-// the flag, before any broker starts.
+// A bad value of a growth flag of forq bench, or an output path it could
+// not write, is a usage error that names the flag, before any broker
+// starts.
 func TestBenchGrowthFlagsRefused(t *testing.T) {
 	for _, c := range []struct {
 		args []string
@@ -19,6 +20,8 @@ func TestBenchGrowthFlagsRefused(t *testing.T) {
 		{[]string{"--load-fractions", "0.5,0"}, "--load-fractions"},
 		{[]string{"--load-fractions", "1.5"}, "--load-fractions"},
 		{[]string{"--load-fractions", "NaN"}, "--load-fractions"},
+		{[]string{"--html", "/nonexistent-forq-dir/r.html"}, "--html"},
+		{[]string{"--svg-dir", "/proc/forq-charts"}, "--svg-dir"},
 	} {
 		var stdout, stderr bytes.Buffer
 		code := Main(append([]string{"bench", "--url", "nats://127.0.0.1:1"}, c.args...), strings.NewReader(""), &stdout, &stderr)
