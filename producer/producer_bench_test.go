@@ -3,7 +3,6 @@ package producer
 import (
 	"context"
 	"runtime"
-	"syscall"
 	"testing"
 
 	"github.com/forqhq/forq"
@@ -140,18 +139,4 @@ func BenchmarkRoundTrip(b *testing.B) {
 			})
 		})
 	}
-}
-
-// cpuPerOp reports the process's CPU time (user and system: the client's
-// and the embedded broker's) per operation, as cpu-ns/op: less moved by a
-// busy machine than ns/op. Call the function it returns at the end.
-func cpuPerOp(b *testing.B) func() {
-	b.Helper()
-	cpu := func() int64 {
-		var u syscall.Rusage
-		_ = syscall.Getrusage(syscall.RUSAGE_SELF, &u)
-		return u.Utime.Nano() + u.Stime.Nano()
-	}
-	t0 := cpu()
-	return func() { b.ReportMetric(float64(cpu()-t0)/float64(b.N), "cpu-ns/op") }
 }
