@@ -511,6 +511,9 @@ func (w *Worker) Run(ctx context.Context) error {
 	defer endSide()
 	subs, err := w.subscribe(ctx, side)
 	if err != nil {
+		if ctx.Err() != nil {
+			return nil // stopped while starting: no task was taken yet
+		}
 		return fmt.Errorf("consumer: %w", err)
 	}
 	defer subs.close()
