@@ -9,9 +9,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/forqhq/forq"
 	"github.com/forqhq/forq/broker"
 	"github.com/forqhq/forq/internal/bench"
 	"github.com/forqhq/forq/internal/cli"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 // childEnv makes this test binary run as the forq binary: forq bench's
@@ -50,8 +53,9 @@ func TestGrowthFiguresReported(t *testing.T) {
 		Command: []string{exe, "--log-level=warn"}, URL: s.ClientURL(),
 		Tasks: 500, Workers: 1, PayloadSize: 64, Rate: 200, Samples: 10, Concurrency: 64,
 		Baseline: true, Rounds: 1, EmbeddedBroker: true, Stderr: &stderr,
-		Log:    slog.New(slog.DiscardHandler),
-		Growth: bench.GrowthOptions{Backlog: 2000, Payloads: []int{64, 4096}, LoadFractions: []float64{0.5}},
+		Log:             slog.New(slog.DiscardHandler),
+		Growth:          bench.GrowthOptions{Backlog: 2000, Payloads: []int{64, 4096}, LoadFractions: []float64{0.5}},
+		DuplicateWindow: 10 * time.Second,
 	})
 	if err != nil {
 		t.Fatalf("bench.Run: %v\nstderr of the processes:\n%s", err, stderr.String())
@@ -118,7 +122,10 @@ func TestGrowthFiguresReported(t *testing.T) {
 	if err := rep.WriteTable(&out); err != nil {
 		t.Fatal(err)
 	}
-	for _, row := range []string{"backlog 2000: drain (tasks/s)", "broker RSS, full (MiB)", "4 KiB: end to end (MB/s)",
+	if rep.Settings.DuplicateWindow != 10*time.Second {
+		t.Errorf("settings: duplicate window %s, want the 10s asked", rep.Settings.DuplicateWindow)
+	}
+	for _, row := range []string{"duplicate window of the task streams: 10s", "backlog 2000: drain (tasks/s)", "broker RSS, full (MiB)", "4 KiB: end to end (MB/s)",
 		"load 50% (", "broker RSS, after end to end (MiB)"} {
 		if !strings.Contains(out.String(), row) {
 			t.Errorf("table has no row %q:\n%s", row, out.String())
@@ -138,5 +145,50 @@ func TestPayloadTasks(t *testing.T) {
 		if got := bench.PayloadTasks(c.tasks, c.size); got != c.want {
 			t.Errorf("PayloadTasks(%d, %d) = %d, want %d", c.tasks, c.size, got, c.want)
 		}
+	}
+}
+
+// The streams a run creates take its duplicate window.
+func TestRunDuplicateWindow(t *testing.T) {
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv(childEnv, "1")
+	s, err := broker.New(broker.Options{DataDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Start()
+	t.Cleanup(s.Shutdown)
+	if err := s.WaitReady(10 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	var stderr bytes.Buffer
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if _, err := bench.Run(ctx, bench.Options{
+		Command: []string{exe, "--log-level=warn"}, URL: s.ClientURL(),
+		Tasks: 200, Workers: 1, PayloadSize: 64, Rate: 200, Samples: 5, Concurrency: 64,
+		Rounds: 1, Stderr: &stderr, Log: slog.New(slog.DiscardHandler), DuplicateWindow: 7 * time.Second,
+	}); err != nil {
+		t.Fatalf("bench.Run: %v\nstderr of the processes:\n%s", err, stderr.String())
+	}
+	// Not embedded: the run leaves FORQ_TASKS, which it created.
+	nc, err := nats.Connect(s.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := js.Stream(ctx, forq.StreamTasks)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := st.CachedInfo().Config.Duplicates; got != 7*time.Second {
+		t.Errorf("FORQ_TASKS after a run with DuplicateWindow 7s: duplicate window %s", got)
 	}
 }

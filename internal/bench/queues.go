@@ -131,7 +131,7 @@ const DefaultIdleTime = 5 * time.Second
 func (r *runner) setupQueues(ctx context.Context, mode string, n int) ([]jetstream.Consumer, error) {
 	cs := make([]jetstream.Consumer, n)
 	if mode == ModeForq {
-		h, err := topology.Ensure(ctx, r.js, topology.Options{})
+		h, err := topology.Ensure(ctx, r.js, topology.Options{DuplicateWindow: r.o.DuplicateWindow})
 		if err != nil {
 			return nil, err
 		}

@@ -58,6 +58,10 @@ type Options struct {
 	Rounds int
 	// BaselineHeaders makes the baseline publish forq's headers.
 	BaselineHeaders bool
+	// DuplicateWindow of the streams the run creates, forq's and the
+	// baseline's; 0 means forq.DefaultDuplicateWindow. A FORQ_TASKS that
+	// exists already keeps its own.
+	DuplicateWindow time.Duration
 	// BaselineCPUShare gives the baseline's worker processes the CPU share
 	// forq's get (GOMAXPROCS = CPUs / workers, as forq pool sets it).
 	BaselineCPUShare bool
@@ -201,6 +205,8 @@ type Settings struct {
 	Samples         int     `json:"latency_samples"`
 	Rounds          int     `json:"rounds"`
 	BaselineHeaders bool    `json:"baseline_headers,omitempty"`
+	// DuplicateWindow is the task streams' duplicate window asked for.
+	DuplicateWindow time.Duration `json:"duplicate_window_ns,omitempty"`
 	// BaselineCPUShare: the baseline's workers got forq's CPU share.
 	BaselineCPUShare bool `json:"baseline_cpu_share,omitempty"`
 	// GOMAXPROCS is the environment's GOMAXPROCS, which every worker
@@ -254,7 +260,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	rep := &Report{Settings: Settings{
 		Tasks: o.Tasks, Single: r.single, Concurrent: r.concurrent, Producers: ConcurrentProducers, Workers: o.Workers, Concurrency: o.Concurrency,
 		PayloadSize: max(o.PayloadSize, MinPayload), Rate: o.Rate, Samples: o.Samples, Scale: o.Scale, Rounds: max(o.Rounds, 1), BaselineHeaders: o.BaselineHeaders,
-		BaselineCPUShare: o.BaselineCPUShare, GOMAXPROCS: os.Getenv("GOMAXPROCS"), Queues: o.Queues,
+		BaselineCPUShare: o.BaselineCPUShare, GOMAXPROCS: os.Getenv("GOMAXPROCS"), Queues: o.Queues, DuplicateWindow: r.duplicateWindow(),
 	}}
 	rep.Settings.GrowthSettings = r.growthSettings()
 	var f, b *Figures
@@ -458,6 +464,14 @@ func (r *runner) results(ctx context.Context, mode string, c jetstream.Consumer)
 	return res.ResultsPerSec, nil
 }
 
+// duplicateWindow is the duplicate window of the streams the run creates.
+func (r *runner) duplicateWindow() time.Duration {
+	if r.o.DuplicateWindow > 0 {
+		return r.o.DuplicateWindow
+	}
+	return forq.DefaultDuplicateWindow
+}
+
 func (r *runner) names(mode string) (stream, consumer string) {
 	if mode == ModeForq {
 		return forq.StreamTasks, wire.ConsumerName(Queue)
@@ -468,7 +482,7 @@ func (r *runner) names(mode string) (stream, consumer string) {
 // setup declares an empty queue and its consumer for mode.
 func (r *runner) setup(ctx context.Context, mode string) (jetstream.Consumer, error) {
 	if mode == ModeForq {
-		h, err := topology.Ensure(ctx, r.js, topology.Options{})
+		h, err := topology.Ensure(ctx, r.js, topology.Options{DuplicateWindow: r.o.DuplicateWindow})
 		if err != nil {
 			return nil, err
 		}
@@ -489,7 +503,7 @@ func (r *runner) setup(ctx context.Context, mode string) (jetstream.Consumer, er
 		Subjects:   []string{BaselineSubject, BaselineSubject + ".>"}, // the second for --queues
 		Retention:  jetstream.WorkQueuePolicy,
 		Storage:    jetstream.FileStorage,
-		Duplicates: forq.DefaultDuplicateWindow,
+		Duplicates: r.duplicateWindow(),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("create stream %s: %w", BaselineStream, err)

@@ -6,6 +6,8 @@ import (
 	"slices"
 	"strconv"
 	"text/tabwriter"
+
+	"github.com/forqhq/forq"
 )
 
 // WriteTable writes the report as a table: one row per figure, forq's
@@ -60,6 +62,9 @@ func (r *Report) settingsLines() []string {
 	}
 	if s.BaselineHeaders {
 		l = append(l, "the baseline publishes forq's headers (Nats-Msg-Id, Forq-Type)")
+	}
+	if s.DuplicateWindow > 0 && s.DuplicateWindow != forq.DefaultDuplicateWindow {
+		l = append(l, fmt.Sprintf("duplicate window of the task streams: %s (the default %s)", s.DuplicateWindow, forq.DefaultDuplicateWindow))
 	}
 	switch {
 	case s.GOMAXPROCS != "":

@@ -35,6 +35,7 @@ type BenchCmd struct {
 	Baseline         bool          `help:"Measure plain JetStream in the same layout too, and print the ratio forq/JetStream of each figure."`
 	Rounds           int           `default:"1" help:"Measure each mode this many times, forq and baseline alternately, and report the best of each figure (a busy machine is noisy)."`
 	BaselineCPUShare bool          `help:"Give the baseline's worker processes the CPU share forq pool gives forq's (GOMAXPROCS = CPUs / workers), to tell the cost of forq's code from the gain of that layout."`
+	DuplicateWindow  time.Duration `default:"2m" help:"Duplicate window of the task streams the run creates, forq's and the baseline's: the broker holds every task ID of the window in memory (see --backlog)."`
 	BaselineHeaders  bool          `help:"Make the baseline publish forq's headers too (a unique Nats-Msg-Id and the type, as forq sends a task with the default attempts), to tell the cost of the wire format from that of forq's code."`
 	JSON             bool          `help:"Print one JSON object instead of a table."`
 	HTML             string        `name:"html" placeholder:"FILE" help:"Write the report to FILE too, as one self-contained HTML page: charts (inline SVG), settings and figures; no script, nothing loaded from elsewhere."`
@@ -53,6 +54,9 @@ type BenchCmd struct {
 func (c *BenchCmd) validate() error {
 	if c.Tasks < 1 || c.Samples < 1 || c.Rounds < 1 || c.Concurrency < 1 || c.Rate <= 0 || c.Workers < 0 {
 		return usageErr("--tasks, --samples, --rounds, --concurrency and --rate must be positive, --workers not negative")
+	}
+	if c.DuplicateWindow < time.Second {
+		return usageErr("--duplicate-window %s: must be at least 1s", c.DuplicateWindow)
 	}
 	if c.Queues < 0 || c.Queues > 1024 || c.IdleTime <= 0 {
 		return usageErr("--queues must be 0 to 1024, --idle-time positive")
@@ -151,7 +155,7 @@ func (c *BenchCmd) Run(env *Env) (err error) {
 		Command: []string{exe, "--log-level=warn"}, URL: url,
 		Tasks: c.Tasks, Workers: c.Workers, PayloadSize: c.PayloadSize, Rate: c.Rate,
 		Samples: c.Samples, Concurrency: c.Concurrency, Scale: c.Scale, Queues: c.Queues, IdleTime: c.IdleTime, Baseline: c.Baseline, Rounds: c.Rounds, BaselineHeaders: c.BaselineHeaders, BaselineCPUShare: c.BaselineCPUShare,
-		ProfileDir: c.ProfileDir, EmbeddedBroker: c.URL == "", Stderr: env.Stderr, Log: env.Log,
+		DuplicateWindow: c.DuplicateWindow, ProfileDir: c.ProfileDir, EmbeddedBroker: c.URL == "", Stderr: env.Stderr, Log: env.Log,
 		Growth: c.BenchGrowthFlags.options(),
 	})
 	if err != nil {

@@ -22,6 +22,7 @@ func TestBenchGrowthFlagsRefused(t *testing.T) {
 		{[]string{"--load-fractions", "NaN"}, "--load-fractions"},
 		{[]string{"--html", "/nonexistent-forq-dir/r.html"}, "--html"},
 		{[]string{"--svg-dir", "/proc/forq-charts"}, "--svg-dir"},
+		{[]string{"--duplicate-window", "0s"}, "--duplicate-window"},
 	} {
 		var stdout, stderr bytes.Buffer
 		code := Main(append([]string{"bench", "--url", "nats://127.0.0.1:1"}, c.args...), strings.NewReader(""), &stdout, &stderr)

@@ -126,7 +126,7 @@ func declare(s *broker.Server, tf TopologyFlags) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	_, err = topology.Ensure(ctx, js, topology.Options{Replicas: tf.Replicas, ResultTTL: tf.ResultTTL})
+	_, err = topology.Ensure(ctx, js, topology.Options{Replicas: tf.Replicas, ResultTTL: tf.ResultTTL, DuplicateWindow: tf.DuplicateWindow})
 	return err
 }
 

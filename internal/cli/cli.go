@@ -260,6 +260,10 @@ type ConnFlags struct {
 type TopologyFlags struct {
 	Replicas  int           `default:"1" help:"Replicas of forq's streams and bucket, when this process creates them (3 on a cluster)."`
 	ResultTTL time.Duration `default:"24h" help:"How long results are kept, when this process creates the results bucket."`
+	// DuplicateWindow is how long the broker remembers a task ID to drop
+	// a second enqueue of it: also how long a producer retries a publish,
+	// and what the broker keeps in memory (about 180 B an ID).
+	DuplicateWindow time.Duration `default:"2m" help:"How long the broker remembers each task ID to drop a second enqueue of it, when this process creates the task stream: a producer retries a publish for at most 9/10 of it, and the broker holds every ID of the window in memory (about 180 B each)."`
 }
 
 // childEnv returns the environment by which a pool passes the connection
@@ -295,7 +299,7 @@ func (c *ConnFlags) childEnv() []string {
 // childArgs returns the flags of forq work that pass the topology flags
 // on to a pool's forq work children.
 func (f *TopologyFlags) childArgs() []string {
-	return []string{"--replicas", strconv.Itoa(f.Replicas), "--result-ttl", f.ResultTTL.String()}
+	return []string{"--replicas", strconv.Itoa(f.Replicas), "--result-ttl", f.ResultTTL.String(), "--duplicate-window", f.DuplicateWindow.String()}
 }
 
 // config returns the connect.Config of the flags, for a connection named

@@ -70,7 +70,7 @@ func (c *EnqueueCmd) Run(env *Env) error {
 	defer nc.Close()
 	ctx, stop := signalContext()
 	defer stop()
-	p, err := producer.New(ctx, nc, producer.Config{Replicas: c.Replicas, ResultTTL: c.ResultTTL})
+	p, err := producer.New(ctx, nc, producer.Config{Replicas: c.Replicas, ResultTTL: c.ResultTTL, DuplicateWindow: c.DuplicateWindow})
 	if err != nil {
 		return err
 	}

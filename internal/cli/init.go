@@ -60,7 +60,7 @@ func (c *InitCmd) Run(env *Env) error {
 	defer stop()
 	ctx, cancel := context.WithTimeout(sig, c.Timeout)
 	defer cancel()
-	rep, err := topology.Init(ctx, js, topology.Options{Replicas: c.Replicas, ResultTTL: c.ResultTTL, Logger: env.Log}, c.Queue, c.AckWait)
+	rep, err := topology.Init(ctx, js, topology.Options{Replicas: c.Replicas, ResultTTL: c.ResultTTL, DuplicateWindow: c.DuplicateWindow, Logger: env.Log}, c.Queue, c.AckWait)
 	printReport(env.Stdout, rep)
 	if err != nil {
 		return err

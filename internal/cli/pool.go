@@ -286,7 +286,7 @@ func queueBacklog(ctx context.Context, log *slog.Logger, nc *nats.Conn, queues [
 	}
 	// A broker that cannot declare now (its disk full) is waited for.
 	h, err := topology.Retry(ctx, nc, log, func(ctx context.Context) (*topology.Handles, error) {
-		return topology.Ensure(ctx, js, topology.Options{Replicas: tf.Replicas, ResultTTL: tf.ResultTTL, Logger: log})
+		return topology.Ensure(ctx, js, topology.Options{Replicas: tf.Replicas, ResultTTL: tf.ResultTTL, DuplicateWindow: tf.DuplicateWindow, Logger: log})
 	})
 	if err != nil {
 		return nil, err

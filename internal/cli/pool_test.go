@@ -21,7 +21,7 @@ var poolFlags = []string{
 	"--creds", "/etc/forq/w.creds", "--nkey", "/etc/forq/w.nk", "--tls-ca", "/etc/forq/ca.pem",
 	"--tls-cert", "/etc/forq/w.pem", "--tls-key", "/etc/forq/w-key.pem", "--tls-server-name", "nats.internal",
 	// TopologyFlags
-	"--replicas", "3", "--result-ttl", "2h",
+	"--replicas", "3", "--result-ttl", "2h", "--duplicate-window", "30s",
 	// WorkerFlags
 	"--queue", "a,b", "--order", "weighted", "--weights", "a=3", "--concurrency", "4",
 	"--ack-wait", "9s", "--grace", "20s", "--retry-base", "2s", "--retry-max", "1m", "--max-tasks", "50",

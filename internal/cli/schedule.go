@@ -71,7 +71,7 @@ func (c *ScheduleAddCmd) Run(env *Env) error {
 	if err := s.Validate(); err != nil {
 		return usageErr("%v", err)
 	}
-	ctx, in, done, err := c.inspector("forq schedule add", env, admin.Config{Replicas: c.Replicas, ResultTTL: c.ResultTTL})
+	ctx, in, done, err := c.inspector("forq schedule add", env, admin.Config{Replicas: c.Replicas, ResultTTL: c.ResultTTL, DuplicateWindow: c.DuplicateWindow})
 	if err != nil {
 		return err
 	}

@@ -33,6 +33,9 @@ func (f *TopologyFlags) Validate() error {
 	if f.ResultTTL <= 0 {
 		return usageErr("--result-ttl %s: must be positive", f.ResultTTL)
 	}
+	if f.DuplicateWindow < time.Second {
+		return usageErr("--duplicate-window %s: must be at least 1s", f.DuplicateWindow)
+	}
 	return nil
 }
 

@@ -174,7 +174,7 @@ func runWorker(env *Env, nc *nats.Conn, f WorkerFlags, tf TopologyFlags, registe
 		LockTTL:   f.LockTTL,
 		RetryBase: f.RetryBase, RetryMax: f.RetryMax, MaxTasks: f.MaxTasks,
 		Name: f.Name, Restarts: restarts,
-		Logger: env.Log, Replicas: tf.Replicas, ResultTTL: tf.ResultTTL, Observer: metrics,
+		Logger: env.Log, Replicas: tf.Replicas, ResultTTL: tf.ResultTTL, DuplicateWindow: tf.DuplicateWindow, Observer: metrics,
 	})
 	if err != nil {
 		return err

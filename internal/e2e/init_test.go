@@ -103,3 +103,53 @@ func streamConfig(t *testing.T, js jetstream.JetStream, name string) jetstream.S
 	}
 	return s.CachedInfo().Config
 }
+
+// TestInitDuplicateWindow: --duplicate-window sets FORQ_TASKS's and
+// FORQ_DEAD's duplicate window when forq init creates them, is named as a
+// difference (and not changed) on streams made with another, and a window
+// under a second is refused before anything is declared.
+func TestInitDuplicateWindow(t *testing.T) {
+	b := startBroker(t, "", 0) // declares the streams with the default window
+	env := []string{"FORQ_URL=" + b.url}
+	js := b.js(t)
+	eventually(t, 10*time.Second, func() bool {
+		_, err := js.KeyValue(t.Context(), forq.BucketUnique)
+		return err == nil
+	}, "forq broker did not declare forq's streams and buckets")
+
+	code, stdout, stderr := run(t, nil, env, "init", "--duplicate-window", "0.5s")
+	t.Logf("forq init --duplicate-window 0.5s:\n%s%s", stdout, stderr)
+	if code != 2 || stdout != "" {
+		t.Errorf("forq init --duplicate-window 0.5s: exit %d, stdout %q; want 2 and nothing declared", code, stdout)
+	}
+	want(t, "forq init --duplicate-window 0.5s", stderr, `--duplicate-window 500ms: must be at least 1s`)
+
+	code, stdout, stderr = run(t, nil, env, "init", "--duplicate-window", "30s")
+	t.Logf("forq init --duplicate-window 30s on the broker's streams:\n%s%s", stdout, stderr)
+	if code != 1 {
+		t.Errorf("forq init --duplicate-window 30s against streams of 2m: exit %d; want 1", code)
+	}
+	want(t, "forq init --duplicate-window 30s", stdout,
+		`(?m)^exists stream FORQ_TASKS\n differs: duplicate window 2m0s \(asked 30s\)$`,
+		`(?m)^exists stream FORQ_DEAD\n differs: duplicate window 2m0s \(asked 30s\)$`,
+	)
+	if got := streamConfig(t, js, forq.StreamTasks).Duplicates; got != forq.DefaultDuplicateWindow {
+		t.Errorf("FORQ_TASKS duplicate window %s after init --duplicate-window 30s; want %s kept", got, forq.DefaultDuplicateWindow)
+	}
+
+	for _, s := range []string{forq.StreamTasks, forq.StreamDead} {
+		if err := js.DeleteStream(t.Context(), s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	code, stdout, stderr = run(t, nil, env, "init", "--duplicate-window", "30s")
+	t.Logf("forq init --duplicate-window 30s, no streams:\n%s%s", stdout, stderr)
+	if code != 0 {
+		t.Errorf("forq init --duplicate-window 30s: exit %d; want 0", code)
+	}
+	for _, s := range []string{forq.StreamTasks, forq.StreamDead} {
+		if got := streamConfig(t, js, s).Duplicates; got != 30*time.Second {
+			t.Errorf("%s created by init --duplicate-window 30s: duplicate window %s", s, got)
+		}
+	}
+}
