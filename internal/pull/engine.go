@@ -82,6 +82,9 @@ type Engine struct {
 	disp    *dispatcher
 	// draining is closed when the engine stops pulling.
 	draining chan struct{}
+	// poke wakes an idle long poll: a task was published to a source
+	// that was skipped (see hints.go, interrupt.go).
+	poke chan struct{}
 	// settling counts the settlements of abandoned deliveries.
 	settling sync.WaitGroup
 
@@ -115,6 +118,7 @@ func New(ctx context.Context, cfg Config) (*Engine, error) {
 		slots:    make(chan struct{}, cfg.Concurrency),
 		acker:    NewAcker(cfg.Conn, cfg.AckLinger),
 		draining: make(chan struct{}),
+		poke:     make(chan struct{}, 1),
 	}
 	e.disp = newDispatcher(e)
 	return e, nil

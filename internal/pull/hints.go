@@ -62,8 +62,16 @@ func (e *Engine) pulled(src *source, n int, now time.Time) {
 	}
 	src.empty, src.checked = true, now
 	if src.sub == nil || !src.sub.IsValid() {
-		seen := src.seen
-		sub, err := e.cfg.Conn.Subscribe(src.tasks, func(*nats.Msg) { seen.Store(time.Now().UnixNano()) })
+		seen, poke := src.seen, e.poke
+		sub, err := e.cfg.Conn.Subscribe(src.tasks, func(*nats.Msg) {
+			seen.Store(time.Now().UnixNano())
+			// Ends an idle long poll of another source (see
+			// interrupt.go); one wake-up pending is enough.
+			select {
+			case poke <- struct{}{}:
+			default:
+			}
+		})
 		if err == nil {
 			// One task is news enough: the broker sends no more, so
 			// a level that fills while the worker cannot pull it
@@ -81,6 +89,19 @@ func (e *Engine) pulled(src *source, n int, now time.Time) {
 		}
 		src.sub = sub
 	}
+}
+
+// watched reports whether a task published to src would wake the
+// engine: src is known to be empty and its subscription is on.
+func (src *source) watched() bool {
+	return src.empty && src.sub != nil && src.sub.IsValid()
+}
+
+// fresh reports whether a task was published to src within notifyWindow
+// of now: the stream may not have stored it yet.
+func (src *source) fresh(now time.Time) bool {
+	seen := src.seen.Load()
+	return seen != 0 && now.UnixNano()-seen < int64(notifyWindow)
 }
 
 // unhint ends the sources' subscriptions.

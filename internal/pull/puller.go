@@ -60,30 +60,28 @@ func (e *Engine) pullLoop(ctx context.Context) {
 		backoff = min(backoff*2, RetryMax)
 		return true
 	}
-	// Deliveries go to one subscription for the engine's life; each pull
-	// request has a reply subject of its own below it, so that the status
-	// closing a request is not taken for that of another.
-	inbox := e.cfg.Conn.NewInbox()
-	msgs := make(chan *nats.Msg, 4*maxPull)
-	var sub *nats.Subscription
+	// Deliveries go to one subscription (replaced only when an idle long
+	// poll is woken: see interrupt.go); each pull request has a reply
+	// subject of its own below it, so that the status closing a request
+	// is not taken for that of another.
+	sched := newScheduler(e.byQueue, e.cfg.Weights)
+	idleWait := e.cfg.FetchWait
+	if len(e.byQueue)*len(forq.Priorities) > 1 {
+		idleWait = min(idleWait, e.cfg.IdlePoll)
+	}
+	p := &puller{e: e, msgs: make(chan *nats.Msg, 4*maxPull), timer: time.NewTimer(time.Hour), idleWait: idleWait, blindWait: min(idleWait, blindPoll)}
+	p.timer.Stop()
 	for {
-		var err error
-		if sub, err = e.cfg.Conn.ChanSubscribe(inbox+".*", msgs); err == nil {
+		err := p.subscribe()
+		if err == nil {
 			break
 		}
 		if !fail(&e.byQueue[0][0], err) {
 			return
 		}
 	}
-	defer func() { _ = sub.Unsubscribe() }()
+	defer p.unsubscribe()
 	defer unhint(e.byQueue)
-	sched := newScheduler(e.byQueue, e.cfg.Weights)
-	idleWait := e.cfg.FetchWait
-	if len(e.byQueue)*len(forq.Priorities) > 1 {
-		idleWait = min(idleWait, e.cfg.IdlePoll)
-	}
-	p := &puller{e: e, msgs: msgs, inbox: inbox, timer: time.NewTimer(time.Hour), idleWait: idleWait}
-	p.timer.Stop()
 	for ctx.Err() == nil {
 		if !e.acquire(ctx) {
 			return
@@ -127,12 +125,19 @@ func (e *Engine) claim(k int) int {
 }
 
 // sweep asks the sources of the next sweep, in order, for up to k tasks in
-// all, and long-polls its idle source if none had any. It returns how many
-// tasks came, and the source whose pull failed, with its error.
+// all, and long-polls one if none had any (see longPoll). It returns how
+// many tasks came, and the source whose pull failed, with its error.
 func (p *puller) sweep(ctx context.Context, next func() ([]*source, int), k int) (got int, failed *source, err error) {
 	e := p.e
+	// A wake-up from before this sweep is news its sources show (see
+	// hints.go): only one that comes later ends its long poll.
+	select {
+	case <-e.poke:
+	default:
+	}
 	sweep, idle := next()
 	now := time.Now()
+	lp, wait, wake := p.longPoll(sweep, idle, now)
 	// The sources this sweep asks: those not known to be empty. The idle
 	// source whose long poll just ended with nothing is not asked with a
 	// no-wait pull first: it is long-polled again at the end of the
@@ -154,34 +159,33 @@ func (p *puller) sweep(ctx context.Context, next func() ([]*source, int), k int)
 			break
 		}
 		src := sweep[i]
-		// When the idle source is the only one left to ask, wait on it at
-		// once, as an idle worker would after a no-wait pull found
-		// nothing: a queue the workers keep up with then streams into one
-		// request, not into many small ones.
-		wait := time.Duration(0)
-		if i == idle && len(asks) == 1 {
-			wait, polled = p.idleWait, true
+		// When the source to long-poll is the only one left to ask,
+		// wait on it at once, as an idle worker would after a no-wait
+		// pull found nothing: a queue the workers keep up with then
+		// streams into one request, not into many small ones.
+		w, wk := time.Duration(0), false
+		if src == lp && len(asks) == 1 {
+			w, wk, polled = wait, wake, true
 		}
 		var n int
-		n, err = p.pull(ctx, src, k-got, wait)
+		n, err = p.pull(ctx, src, k-got, w, wk)
 		got += n
 		if err != nil {
 			return got, src, err
 		}
 		e.pulled(src, n, now)
-		if polled && n == 0 {
+		if polled && n == 0 && !p.woken && src == sweep[idle] {
 			p.polledEmpty = src
 		}
 	}
 	if got == 0 && !polled && ctx.Err() == nil {
-		src := sweep[idle]
-		got, err = p.pull(ctx, src, k, p.idleWait)
+		got, err = p.pull(ctx, lp, k, wait, wake)
 		if err != nil {
-			return got, src, err
+			return got, lp, err
 		}
-		e.pulled(src, got, time.Now())
-		if got == 0 {
-			p.polledEmpty = src
+		e.pulled(lp, got, time.Now())
+		if got == 0 && !p.woken && lp == sweep[idle] {
+			p.polledEmpty = lp
 		}
 	}
 	return got, nil, nil
@@ -226,20 +230,33 @@ type puller struct {
 	asks     []int // scratch: the sources a sweep asks
 	e        *Engine
 	msgs     chan *nats.Msg
+	sub      *nats.Subscription // on inbox.*; nil after a failed renewal
 	inbox    string
 	req      uint64
 	body     []byte
 	timer    *time.Timer
 	idleWait time.Duration // the long poll of an idle sweep
+	// blindWait is the long poll of an idle sweep while a source it
+	// does not wait on is not watched: see longPoll.
+	blindWait time.Duration
+	// woken is set when the last long poll was ended by a wake-up.
+	woken bool
 	// polledEmpty is the source the last sweep long-polled for nothing,
 	// nil if it found tasks or did not long-poll: see sweep.
 	polledEmpty *source
 }
 
 // pull asks src for up to k tasks, waiting at most wait at the broker, or
-// not at all (no_wait) if wait is 0, and dispatches what comes. It returns
-// how many tasks came.
-func (p *puller) pull(ctx context.Context, src *source, k int, wait time.Duration) (int, error) {
+// not at all (no_wait) if wait is 0, and dispatches what comes. If wake
+// is set, a wake-up (Engine.poke) ends the wait (see interrupt.go). It
+// returns how many tasks came.
+func (p *puller) pull(ctx context.Context, src *source, k int, wait time.Duration, wake bool) (int, error) {
+	p.woken = false
+	if p.sub == nil {
+		if err := p.subscribe(); err != nil {
+			return 0, err
+		}
+	}
 	p.req++
 	reply := p.inbox + "." + strconv.FormatUint(p.req, 10)
 	p.body = pullBody(p.body, k, wait)
@@ -249,15 +266,19 @@ func (p *puller) pull(ctx context.Context, src *source, k int, wait time.Duratio
 	// The broker ends the request at its expiry, or at once for a no-wait
 	// one; the margin covers a request lost with the connection.
 	p.timer.Reset(wait + time.Second)
-	n, err := p.receive(ctx, src, reply, k)
+	var poke chan struct{}
+	if wake {
+		poke = p.e.poke
+	}
+	n, err := p.receive(ctx, src, reply, k, poke)
 	p.timer.Stop()
 	return n, err
 }
 
 // receive takes the answers to the pull request with reply subject reply
-// for k tasks of src, dispatching each, until the request ends. It returns
-// how many tasks came.
-func (p *puller) receive(ctx context.Context, src *source, reply string, k int) (int, error) {
+// for k tasks of src, dispatching each, until the request ends or, if poke
+// is not nil, a wake-up comes on it. It returns how many tasks came.
+func (p *puller) receive(ctx context.Context, src *source, reply string, k int, poke chan struct{}) (int, error) {
 	e := p.e
 	n := 0
 	for n < k {
@@ -266,12 +287,19 @@ func (p *puller) receive(ctx context.Context, src *source, reply string, k int) 
 		case m = <-p.msgs:
 		case <-p.timer.C:
 			return n, nil
+		case <-poke:
+			p.woken = true
+			return n, p.renew()
 		}
 		if status, done, err := pullStatus(m); status {
 			if done && m.Subject == reply {
 				return n, err
 			}
 			continue // a heartbeat, or the end of an earlier request
+		}
+		if m.Sub != p.sub {
+			p.stale(m)
+			continue
 		}
 		n++
 		tm := e.acker.Msg(m)
