@@ -163,8 +163,11 @@ type Config struct {
 	// not named weighs 1.
 	Weights map[string]int
 	// IdlePoll bounds the long poll of an idle worker, so that it notices
-	// tasks of its other levels and queues within about that time; 0
-	// means DefaultIdlePoll. The long poll is also bounded by FetchWait.
+	// tasks of its other levels that were not enqueued anew (redelivered,
+	// or queued by a schedule) within about that time; 0 means
+	// DefaultIdlePoll. A task enqueued to one of its levels ends the wait
+	// at once. The long poll is also bounded by FetchWait, and by 250 ms
+	// on a worker of several queues. See DefaultIdlePoll.
 	IdlePoll time.Duration
 	// Concurrency is how many handlers run at once in this process;
 	// 0 means DefaultConcurrency.

@@ -42,8 +42,12 @@ func ParseOrder(s string) (Order, error) {
 }
 
 // DefaultIdlePoll bounds the long poll of an idle worker: how late it may
-// notice a task on a level or queue other than the one it waits on.
-const DefaultIdlePoll = 250 * time.Millisecond
+// notice a task of a level other than the one it waits on that was not
+// enqueued anew (redelivered after its ack wait or a nak with a delay, or
+// queued by the broker's schedule); a task enqueued to any of its levels
+// ends the wait at once. A worker of several queues waits at most 250 ms
+// at a time (it is not told of tasks enqueued to its other queues).
+const DefaultIdlePoll = time.Second
 
 // MaxWeight is the largest weight of a queue.
 const MaxWeight = 1000

@@ -85,6 +85,9 @@ type Engine struct {
 	// poke wakes an idle long poll: a task was published to a source
 	// that was skipped (see hints.go, interrupt.go).
 	poke chan struct{}
+	// reconnects is the connection's count of reconnections when the
+	// sources were last known watched without a gap (see useAll).
+	reconnects uint64
 	// settling counts the settlements of abandoned deliveries.
 	settling sync.WaitGroup
 
@@ -108,17 +111,20 @@ func New(ctx context.Context, cfg Config) (*Engine, error) {
 	if cfg.Weights != nil && len(cfg.Weights) != len(cfg.Queues) {
 		return nil, fmt.Errorf("pull: %w: %d weights for %d queues", forq.ErrInvalidOption, len(cfg.Weights), len(cfg.Queues))
 	}
-	byQueue, err := declare(ctx, &cfg)
+	poke := make(chan struct{}, 1)
+	reconnects := cfg.Conn.Stats().Reconnects
+	byQueue, err := declare(ctx, &cfg, poke)
 	if err != nil {
 		return nil, err
 	}
 	e := &Engine{
-		cfg:      cfg,
-		byQueue:  byQueue,
-		slots:    make(chan struct{}, cfg.Concurrency),
-		acker:    NewAcker(cfg.Conn, cfg.AckLinger),
-		draining: make(chan struct{}),
-		poke:     make(chan struct{}, 1),
+		cfg:        cfg,
+		byQueue:    byQueue,
+		slots:      make(chan struct{}, cfg.Concurrency),
+		acker:      NewAcker(cfg.Conn, cfg.AckLinger),
+		draining:   make(chan struct{}),
+		poke:       poke,
+		reconnects: reconnects,
 	}
 	e.disp = newDispatcher(e)
 	return e, nil

@@ -40,7 +40,7 @@ const notifyWindow = 200 * time.Millisecond
 
 // skip reports whether the sweep at now can pass src by.
 func (src *source) skip(now time.Time, recheck time.Duration) bool {
-	if src.prio == forq.PriorityNormal || !src.empty || now.Sub(src.checked) >= recheck {
+	if src.prio == forq.PriorityNormal || !src.empty || (src.used.Load() && now.Sub(src.checked) >= recheck) {
 		return false
 	}
 	seen := src.seen.Load()
@@ -53,6 +53,7 @@ func (e *Engine) pulled(src *source, n int, now time.Time) {
 		return
 	}
 	if n > 0 {
+		src.used.Store(true)
 		src.empty = false
 		if src.sub != nil {
 			_ = src.sub.Unsubscribe()
@@ -62,33 +63,40 @@ func (e *Engine) pulled(src *source, n int, now time.Time) {
 	}
 	src.empty, src.checked = true, now
 	if src.sub == nil || !src.sub.IsValid() {
-		seen, poke := src.seen, e.poke
-		sub, err := e.cfg.Conn.Subscribe(src.tasks, func(*nats.Msg) {
-			seen.Store(time.Now().UnixNano())
-			// Ends an idle long poll of another source (see
-			// interrupt.go); one wake-up pending is enough.
-			select {
-			case poke <- struct{}{}:
-			default:
-			}
-		})
-		if err == nil {
-			// One task is news enough: the broker sends no more, so
-			// a level that fills while the worker cannot pull it
-			// (paused, or drained by other workers) costs at most a
-			// message per sweep.
-			err = sub.AutoUnsubscribe(1)
-		}
+		sub, err := hint(e.cfg.Conn, src, e.poke)
 		if err != nil {
 			// Without the subscription the source is not skipped.
-			if sub != nil {
-				_ = sub.Unsubscribe()
-			}
 			src.empty = false
 			return
 		}
 		src.sub = sub
 	}
+}
+
+// hint subscribes to the subject src's tasks are published on: a task
+// published marks src used, records when in src.seen and wakes the
+// engine's long poll (poke; see interrupt.go).
+func hint(nc *nats.Conn, src *source, poke chan struct{}) (*nats.Subscription, error) {
+	seen, used := src.seen, src.used
+	sub, err := nc.Subscribe(src.tasks, func(*nats.Msg) {
+		seen.Store(time.Now().UnixNano())
+		used.Store(true)
+		// One wake-up pending is enough.
+		select {
+		case poke <- struct{}{}:
+		default:
+		}
+	})
+	if err == nil {
+		// One task is news enough: the broker sends no more, so a
+		// level that fills while the worker cannot pull it (paused, or
+		// drained by other workers) costs at most a message per sweep.
+		err = sub.AutoUnsubscribe(1)
+	}
+	if err != nil && sub != nil {
+		_ = sub.Unsubscribe()
+	}
+	return sub, err
 }
 
 // watched reports whether a task published to src would wake the
@@ -102,6 +110,22 @@ func (src *source) watched() bool {
 func (src *source) fresh(now time.Time) bool {
 	seen := src.seen.Load()
 	return seen != 0 && now.UnixNano()-seen < int64(notifyWindow)
+}
+
+// useAll marks every source used if the connection was lost since it was
+// last looked at: a task published meanwhile was not seen by the hint
+// subscriptions.
+func (e *Engine) useAll() {
+	r := e.cfg.Conn.Stats().Reconnects
+	if r == e.reconnects {
+		return
+	}
+	e.reconnects = r
+	for _, q := range e.byQueue {
+		for i := range q {
+			q[i].used.Store(true)
+		}
+	}
 }
 
 // unhint ends the sources' subscriptions.

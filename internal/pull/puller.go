@@ -135,6 +135,7 @@ func (p *puller) sweep(ctx context.Context, next func() ([]*source, int), k int)
 	case <-e.poke:
 	default:
 	}
+	e.useAll()
 	sweep, idle := next()
 	now := time.Now()
 	lp, wait, wake := p.longPoll(sweep, idle, now)

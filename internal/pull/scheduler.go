@@ -64,23 +64,47 @@ type source struct {
 	checked time.Time // when that pull was
 	sub     *nats.Subscription
 	seen    *atomic.Int64 // when a task was last published to it (UnixNano), while sub is on
+	// used is set once the source may hold a task this engine did not
+	// see published: it had tasks, pending or held, when it was declared,
+	// a task was published to it, or the connection was lost meanwhile.
+	// Only a used source is re-checked for tasks not published anew.
+	used *atomic.Bool
 }
 
 // declare declares the consumers of every level of cfg's queues, each
 // retried until the broker takes it or ctx ends. byQueue[i][l] is queue
-// i's level forq.Priorities[l].
-func declare(ctx context.Context, cfg *Config) (byQueue [][]source, err error) {
+// i's level forq.Priorities[l]. The hint subscription of each high and low
+// level (see hints.go) is made before its consumer is looked up, so that a
+// task of that level is either counted in what the lookup finds or seen by
+// the subscription (see used, hints.go); poke is the engine's wake-up.
+func declare(ctx context.Context, cfg *Config, poke chan struct{}) (byQueue [][]source, err error) {
 	byQueue = make([][]source, len(cfg.Queues))
+	defer func() {
+		if err != nil {
+			unhint(byQueue)
+		}
+	}()
 	for i, q := range cfg.Queues {
 		for _, p := range forq.Priorities {
+			src := source{queue: q, prio: p, tasks: wire.LevelSubject(q, p), seen: new(atomic.Int64), used: new(atomic.Bool)}
+			if p == forq.PriorityNormal {
+				src.used.Store(true)
+			} else if src.sub, err = hint(cfg.Conn, &src, poke); err != nil {
+				return byQueue, err
+			}
+			byQueue[i] = append(byQueue[i], src)
 			c, err := topology.Retry(ctx, cfg.Conn, cfg.Logger, func(ctx context.Context) (jetstream.Consumer, error) {
 				return topology.EnsureLevelConsumer(ctx, cfg.Conn, cfg.Stream, q, p, cfg.AckWait)
 			})
 			if err != nil {
-				return nil, err
+				return byQueue, err
 			}
 			info := c.CachedInfo()
-			byQueue[i] = append(byQueue[i], source{queue: q, prio: p, subject: pullSubject(info.Stream, info.Name), tasks: wire.LevelSubject(q, p), ackWait: info.Config.AckWait, seen: new(atomic.Int64)})
+			s := &byQueue[i][len(byQueue[i])-1]
+			s.subject, s.ackWait = pullSubject(info.Stream, info.Name), info.Config.AckWait
+			if info.NumPending > 0 || info.NumAckPending > 0 || info.NumRedelivered > 0 {
+				s.used.Store(true)
+			}
 		}
 	}
 	return byQueue, nil
