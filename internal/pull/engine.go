@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/forqhq/forq"
+	"github.com/forqhq/forq/internal/wire"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -88,6 +89,8 @@ type Engine struct {
 	// reconnects is the connection's count of reconnections when the
 	// sources were last known watched without a gap (see useAll).
 	reconnects uint64
+	// schedules are the subscriptions of watchSchedules, ended by Run.
+	schedules []*nats.Subscription
 	// settling counts the settlements of abandoned deliveries.
 	settling sync.WaitGroup
 
@@ -113,8 +116,21 @@ func New(ctx context.Context, cfg Config) (*Engine, error) {
 	}
 	poke := make(chan struct{}, 1)
 	reconnects := cfg.Conn.Stats().Reconnects
-	byQueue, err := declare(ctx, &cfg, poke)
+	used := map[string]*atomic.Bool{}
+	for _, q := range cfg.Queues {
+		for _, p := range forq.Priorities {
+			if p != forq.PriorityNormal {
+				used[wire.LevelSubject(q, p)] = new(atomic.Bool)
+			}
+		}
+	}
+	schedules, err := watchSchedules(ctx, &cfg, used)
 	if err != nil {
+		return nil, err
+	}
+	byQueue, err := declare(ctx, &cfg, poke, used)
+	if err != nil {
+		unsubscribeAll(schedules)
 		return nil, err
 	}
 	e := &Engine{
@@ -125,6 +141,7 @@ func New(ctx context.Context, cfg Config) (*Engine, error) {
 		draining:   make(chan struct{}),
 		poke:       poke,
 		reconnects: reconnects,
+		schedules:  schedules,
 	}
 	e.disp = newDispatcher(e)
 	return e, nil
@@ -167,6 +184,7 @@ func (e *Engine) Run(ctx context.Context, newRunner func() Runner) error {
 	acks.Go(e.acker.Run)
 	e.disp.newRunner, e.disp.base = newRunner, context.WithoutCancel(ctx)
 	e.pullLoop(pctx)
+	unsubscribeAll(e.schedules)
 	close(e.draining)
 	e.disp.close()
 	e.disp.runners.Wait()

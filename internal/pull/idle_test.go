@@ -239,3 +239,31 @@ func TestIdleEngineTakesTaskHeldBeforeItStarted(t *testing.T) {
 	start(t, e2, handlers{"t": s.handler(0)})
 	testutil.Eventually(t, 8*time.Second, func() bool { return s.len() == 1 }, "the task held before the engine started does not start on it")
 }
+
+// A delayed task of a level the idle engine never used starts when the
+// broker's schedule queues it: the broker's own publication of it, or the
+// schedule's, is news to the engine as an enqueue is.
+func TestIdleEngineTakesDelayedTaskOfUnusedLevel(t *testing.T) {
+	b := setup(t)
+	const q = "delayed"
+	e := newEngine(t, b, pull.Config{Queues: []string{q}, IdlePoll: time.Second})
+	var s starts
+	start(t, e, handlers{"t": s.handler(0)})
+	time.Sleep(500 * time.Millisecond) // idle
+	for _, p := range []forq.Priority{forq.PriorityHigh, forq.PriorityLow} {
+		enqueueN(t, b, 1, producer.WithQueue(q), producer.WithPriority(p), producer.WithDelay(500*time.Millisecond))
+	}
+	testutil.Eventually(t, 8*time.Second, func() bool { return s.len() == 2 }, "the delayed tasks of unused levels do not start")
+}
+
+// A delayed task whose schedule was stored before the engine started
+// starts on it when the schedule fires, though its level never had a task.
+func TestIdleEngineTakesDelayedTaskScheduledBeforeItStarted(t *testing.T) {
+	b := setup(t)
+	const q = "delayedbefore"
+	enqueueN(t, b, 1, producer.WithQueue(q), producer.WithPriority(forq.PriorityLow), producer.WithDelay(1500*time.Millisecond))
+	e := newEngine(t, b, pull.Config{Queues: []string{q}, IdlePoll: time.Second})
+	var s starts
+	start(t, e, handlers{"t": s.handler(0)})
+	testutil.Eventually(t, 8*time.Second, func() bool { return s.len() == 1 }, "the delayed task scheduled before the engine started does not start")
+}

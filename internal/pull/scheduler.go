@@ -73,11 +73,12 @@ type source struct {
 
 // declare declares the consumers of every level of cfg's queues, each
 // retried until the broker takes it or ctx ends. byQueue[i][l] is queue
-// i's level forq.Priorities[l]. The hint subscription of each high and low
+// i's level forq.Priorities[l]; used holds the used mark of each high and
+// low level, by subject (see schedules.go). The hint subscription of each high and low
 // level (see hints.go) is made before its consumer is looked up, so that a
 // task of that level is either counted in what the lookup finds or seen by
 // the subscription (see used, hints.go); poke is the engine's wake-up.
-func declare(ctx context.Context, cfg *Config, poke chan struct{}) (byQueue [][]source, err error) {
+func declare(ctx context.Context, cfg *Config, poke chan struct{}, used map[string]*atomic.Bool) (byQueue [][]source, err error) {
 	byQueue = make([][]source, len(cfg.Queues))
 	defer func() {
 		if err != nil {
@@ -86,8 +87,9 @@ func declare(ctx context.Context, cfg *Config, poke chan struct{}) (byQueue [][]
 	}()
 	for i, q := range cfg.Queues {
 		for _, p := range forq.Priorities {
-			src := source{queue: q, prio: p, tasks: wire.LevelSubject(q, p), seen: new(atomic.Int64), used: new(atomic.Bool)}
-			if p == forq.PriorityNormal {
+			src := source{queue: q, prio: p, tasks: wire.LevelSubject(q, p), seen: new(atomic.Int64), used: used[wire.LevelSubject(q, p)]}
+			if src.used == nil { // a normal level
+				src.used = new(atomic.Bool)
 				src.used.Store(true)
 			} else if src.sub, err = hint(cfg.Conn, &src, poke); err != nil {
 				return byQueue, err
