@@ -19,9 +19,9 @@ import (
 // subject its tasks are published on. A sweep skips an empty source unless
 // a task was published to it since it was last pulled, or in the last
 // notifyWindow (a task is delivered to subscribers a moment before the
-// stream has stored it), or the source was last pulled idleWait ago (a
-// redelivered task, or one the broker's schedule fires, is not published
-// anew). The subscription ends after one message, or when a pull finds
+// stream has stored it), or the source is used and was last pulled
+// idleWait ago (a redelivered task, or one the broker's schedule fires, is
+// not published anew). The subscription ends after one message, or when a pull finds
 // tasks: a source with tasks costs no extra traffic, and an empty one at
 // most a message each time the worker finds it empty. Normal levels, where
 // most tasks go and which an idle worker long-polls, are always pulled: a
@@ -29,7 +29,15 @@ import (
 // keeps up with its producers.
 //
 // A task of a skipped level so waits, as before, at most the batch in
-// flight when it was published; a redelivered one at most idleWait.
+// flight when it was published (on an idle worker, the publication ends
+// the long poll: interrupt.go); a redelivered one at most idleWait. And
+// only a used level (source.used: one that had tasks, pending or held,
+// when the engine declared it, or since; or that a schedule targets, see
+// schedules.go) can hold a task that was not published while the engine
+// watched it: a level never used is not re-checked at all. Its hint
+// subscription, made before its consumer was looked up, marks it used
+// when its first task comes; a reconnection, which may have hidden a
+// publication, marks every level used.
 
 // notifyWindow is how long after a task is published to an empty source
 // the source is pulled on every sweep, whatever the pulls find: ample for

@@ -27,7 +27,9 @@ import (
 // Because a task published to a watched source ends the wait, the long
 // poll lasts Config.IdlePoll (at most FetchWait) rather than the time a
 // task of another level may wait: an idle worker of one queue sends, per
-// IdlePoll, its long poll and a re-check of each other level, the bound on
+// IdlePoll, its long poll and a re-check of each other level that is used
+// (hints.go; none, for a queue whose high and low levels never had a
+// task), IdlePoll being the bound on
 // how late it notices a task that is not published anew (redelivered after
 // its ack wait, or a nak with a delay, or queued by the broker's
 // schedule). While a source the sweep does not wait on is not watched

@@ -39,17 +39,20 @@ import (
 // When a sweep finds nothing at all, the engine long-polls one source, the
 // normal level of the sweep's first queue (where most tasks go, so an idle
 // worker picks a normal task up as soon as it is enqueued), for at most
-// Config.IdlePoll, then sweeps again. That bounds how long a task of
-// another level or queue waits on an idle worker: IdlePoll plus a sweep's
-// round trips.
+// Config.IdlePoll, then sweeps again; a task published meanwhile to a
+// level it skipped ends the wait at once (see interrupt.go). IdlePoll so
+// bounds how long a task of another level that was not published anew (a
+// redelivered one) waits on an idle worker: IdlePoll plus a sweep's round
+// trips.
 //
 // The sweep after a long poll that found nothing does not ask that source
 // with a no-wait pull first: it long-polls it again after the other
 // sources, as the no-wait pull would have found it (nothing, or the tasks
 // the long poll then gets at once). An idle worker so sends, per IdlePoll,
-// one long poll and a re-check of each level not known to be empty (see
-// hints.go), not one more no-wait pull of the normal level: 12 requests a
-// second rather than 16 for a worker of one queue.
+// one long poll and a re-check of each used level not known to be empty
+// (see hints.go), not one more no-wait pull of the normal level: for a
+// worker of one queue whose high and low levels were never used, one
+// request per IdlePoll.
 
 // source is one consumer the engine pulls from: a level of a queue.
 type source struct {
