@@ -252,6 +252,11 @@ func workerPublish() []string {
 		jsAPI+"CONSUMER.CREATE."+tasksStream+".>",
 		jsAPI+"CONSUMER.INFO."+tasksStream+".*",
 		jsAPI+"CONSUMER.MSG.NEXT."+tasksStream+".>",
+		// Whether a delayed or periodic task's schedule is stored for
+		// its queues (the look-up of the last one): see internal/pull's
+		// schedules.go.
+		jsAPI+"DIRECT.GET."+tasksStream+".>",
+		jsAPI+"STREAM.MSG.GET."+tasksStream,
 		// Acks and in-progress acks, for as long as a task runs.
 		"$JS.ACK."+tasksStream+".>",
 		forq.SubjectDeadPrefix+">",
@@ -267,8 +272,10 @@ func workerPublish() []string {
 	return p
 }
 
-// workerSubscribe: a worker answers forq.running requests, and watches its
-// queues' task subjects (core NATS) to pull as soon as a task arrives.
+// workerSubscribe: a worker answers forq.running requests, watches its
+// queues' task subjects (core NATS) to pull as soon as a task arrives, and
+// their schedules and the periodic definitions, to re-check a level the
+// broker will queue tasks to.
 func workerSubscribe() []string {
-	return append(clientSubscribe(), forq.SubjectRunningPrefix+">", forq.SubjectTasksPrefix+">")
+	return append(clientSubscribe(), forq.SubjectRunningPrefix+">", forq.SubjectTasksPrefix+">", forq.SubjectSchedulePrefix+">", forq.SubjectPeriodicPrefix+">")
 }

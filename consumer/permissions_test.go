@@ -55,11 +55,16 @@ var (
 		// still runs a redelivered task, an exec task's streamed output.
 		"$JS.API.DIRECT.GET.KV_forq_results.>", "$JS.API.DIRECT.GET.KV_forq_locks.>",
 		"forq.running.>", "forq.output.>",
+		// Whether schedules are stored for the worker's queues: without
+		// it the worker starts lookupTimeout later, and re-checks every
+		// level of its queues at idle.
+		"$JS.API.DIRECT.GET.FORQ_TASKS.>", "$JS.API.STREAM.MSG.GET.FORQ_TASKS",
 	}, readTopology...)
 	// workerSubscribe is what a worker subscribes to besides its inbox:
-	// the queues' tasks, as a hint that one was published, and other
-	// workers' questions whether it runs a task.
-	workerSubscribe = []string{"forq.tasks.>", "forq.running.>"}
+	// the queues' tasks, as a hint that one was published, other
+	// workers' questions whether it runs a task, and the schedules (the
+	// levels they target are re-checked at idle).
+	workerSubscribe = []string{"forq.tasks.>", "forq.running.>", "forq.schedule.>", "forq.periodic.>"}
 )
 
 // A producer and a worker that may not create forq's streams fail at once,

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"sync/atomic"
+	"time"
 
 	"github.com/forqhq/forq"
 	"github.com/forqhq/forq/internal/wire"
@@ -23,6 +24,9 @@ import (
 // for schedules already stored. One found for a queue marks both its
 // levels used, and a periodic definition found marks every level used: the
 // look-up reads one message, not the level of each.
+
+// lookupTimeout bounds the look-ups of stored schedules, all together.
+const lookupTimeout = 2 * time.Second
 
 // watchSchedules subscribes to the schedules that target the levels in
 // used (by subject), and marks used those that schedules already stored
@@ -54,8 +58,12 @@ func watchSchedules(ctx context.Context, cfg *Config, used map[string]*atomic.Bo
 		return subs, err
 	}
 	subs = append(subs, sub)
+	// Bounded: a broker that does not answer (or credentials that do
+	// not allow the look-ups) costs the start lookupTimeout at most.
+	lctx, cancel := context.WithTimeout(ctx, lookupTimeout)
+	defer cancel()
 	stored := func(filter string) bool {
-		_, err := cfg.Stream.GetLastMsgForSubject(ctx, filter)
+		_, err := cfg.Stream.GetLastMsgForSubject(lctx, filter)
 		return !errors.Is(err, jetstream.ErrMsgNotFound) // an error that is not "none" counts as some
 	}
 	if stored(forq.SubjectPeriodicPrefix + ">") {
