@@ -30,7 +30,9 @@ var (
 	// the broker accepts in one message.
 	ErrPayloadTooLarge = errors.New("payload too large")
 	// ErrResultNotFound means no result is recorded for a task ID: the task
-	// does not exist, did not ask for a record, or its result expired.
+	// does not exist, did not ask for a record, has not started yet (a
+	// recorded task without a delay or a deadline is recorded when a
+	// worker starts it: see producer.WithRecord), or its result expired.
 	ErrResultNotFound = errors.New("result not found")
 	// ErrNotRecorded means a wait is for a task that will never be
 	// recorded: it was enqueued without a record (producer.WithRecord)

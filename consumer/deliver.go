@@ -177,8 +177,8 @@ func (w *Worker) run(d *delivery) (o outcome, abandoned bool) {
 		mark = escape(d.res)
 	} else if d.record {
 		d.res.State = forq.StateRunning
-		if !w.recordRunning(d) {
-			return oEnded, false // it ended on another run: see record.go
+		if o := w.recordRunning(d); o != oRun {
+			return o, false // canceled, or it ended on another run: see record.go
 		}
 	}
 	out, end, err := w.runHandler(d.hard, d.r, &d.log, t, h, d.timeout, d.ackWait, d.res.StartedAt, mark)

@@ -128,7 +128,7 @@ func (p *Producer) WaitMany(ctx context.Context, ids []string) ([]*forq.Result, 
 					continue
 				}
 				is, ok := index[e.Key()]
-				if !ok || out[is[0]] != nil {
+				if !ok || out[is[0]] != nil || record.Running(e.Value()) {
 					continue
 				}
 				r, err := record.Read(e.Key(), e.Value())

@@ -3,6 +3,7 @@ package producer_test
 import (
 	"errors"
 	"testing"
+	"time"
 
 	"github.com/forqhq/forq"
 	"github.com/forqhq/forq/internal/testutil"
@@ -25,7 +26,8 @@ func TestEnqueueJSON(t *testing.T) {
 	if _, err := p.EnqueueJSON(t.Context(), nil); !errors.Is(err, forq.ErrInvalidTask) {
 		t.Errorf("nil args: got %v, want forq.ErrInvalidTask", err)
 	}
-	info, err := p.EnqueueJSON(t.Context(), square{N: 7}, producer.WithQueue("math"), producer.WithRecord())
+	// A deadline makes the record at enqueue (see WithRecord).
+	info, err := p.EnqueueJSON(t.Context(), square{N: 7}, producer.WithQueue("math"), producer.WithRecord(), producer.WithExpiresIn(time.Hour))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -163,6 +163,13 @@ func WithPriority(p forq.Priority) Option {
 
 // WithRecord asks workers to record the task's state and result so that
 // Wait and Result can find it.
+//
+// The record is made when a worker starts the task (state running), or
+// when the task is canceled before that; until then Result returns an
+// error wrapping forq.ErrResultNotFound, and Wait and WaitMany wait. A
+// task with a delay or a deadline is recorded as queued as it is
+// enqueued (the record says when it is due, or reads as expired past its
+// deadline).
 func WithRecord() Option {
 	return func(o *options) { o.record = true }
 }

@@ -288,7 +288,7 @@ func (p *Producer) checkMany(ctx context.Context, tasks []forq.Task, o *options,
 			}
 			return nil, nil, fmt.Errorf("task %d: %w", i, err)
 		}
-		if tasks[i].Record {
+		if recordAtEnqueue(&tasks[i]) {
 			recorded = append(recorded, i)
 		}
 	}
@@ -380,10 +380,23 @@ func (p *Producer) check(ctx context.Context, t *forq.Task, o *options, b *wire.
 			return err
 		}
 	}
-	if t.Record && !later {
+	if recordAtEnqueue(t) && !later {
 		return p.recordQueued(ctx, t)
 	}
 	return nil
+}
+
+// recordAtEnqueue reports whether t's record is made as it is enqueued, in
+// state queued: a recorded task with a delay (its record says when it is
+// due) or a deadline (a task the broker drops at its deadline never
+// reaches a worker; its queued record is what reads as expired then: see
+// record.View). Any other recorded task gets its record when a worker
+// starts it (record.Store.Start), or when it is canceled before that: one
+// write to the bucket per task fewer, and one update fewer for a waiter's
+// watch to read. Until then it has none: Result says so, with
+// forq.ErrResultNotFound, and Wait and WaitMany wait for it.
+func recordAtEnqueue(t *forq.Task) bool {
+	return t.Record && (scheduled(t) || !t.Deadline.IsZero())
 }
 
 // queued returns the record of t as it is enqueued.

@@ -14,6 +14,7 @@
 package record
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -145,6 +146,26 @@ func Decode(id string, b []byte) (*forq.Result, error) {
 		return nil, fmt.Errorf("result %s: %w: %w", id, ErrMalformed, err)
 	}
 	return &r, nil
+}
+
+// stateKey is how a record's state starts as Store writes it (forq.Result's
+// JSON: its state comes before any field whose value could hold free
+// text, and a quote inside a string value is escaped, so the first match
+// is the state).
+var stateKey = []byte(`"state":"`)
+
+// Running reports, without decoding b, that b is a record in state running
+// or failed: not final, and never read as final (see View). A waiter skips
+// those updates of the records it watches, most of them, at the cost of a
+// search of a few dozen bytes instead of a JSON decode. False means
+// "decode it": another state, or bytes not written as Store writes them.
+func Running(b []byte) bool {
+	i := bytes.Index(b, stateKey)
+	if i < 0 {
+		return false
+	}
+	rest := b[i+len(stateKey):]
+	return bytes.HasPrefix(rest, []byte(`running"`)) || bytes.HasPrefix(rest, []byte(`failed"`))
 }
 
 // Read decodes the record of task id from b as its readers see it now
@@ -337,6 +358,52 @@ func (s Store) Write(ctx context.Context, res *forq.Result, rev *uint64, plain b
 		*rev = 0 // another revision: another run wrote it, or a canceler
 	}
 	return Failed, errors.New("the record kept changing under this worker")
+}
+
+// Start writes res, in state running, as its task's record for a
+// worker's first delivery of the task, when it knows no revision of the
+// record (*rev is 0); rev is set to the revision written or read.
+//
+// A producer writes no record at enqueue for most recorded tasks (see
+// producer.WithRecord): the worker's start makes it, with a create-only
+// write (the key must have no value). That is what keeps a producer's
+// Cancel exact: Cancel makes the record of a task that has none
+// "canceled" with a create-only write too, so exactly one of the two
+// creates wins. The start that loses reads the record: a canceled one is
+// kept (Kept: the handler must not start); a live one (a queued record
+// the producer made, for a task with a delay or a deadline) is updated
+// with compare-and-set as Write does. Another final state is the record
+// of an earlier task enqueued under the same ID past the broker's
+// duplicate window (README: Duplicate window), and this delivery is a new
+// task: its start replaces that record with a plain put, as a first
+// delivery always did.
+func (s Store) Start(ctx context.Context, res *forq.Result, rev *uint64) (Outcome, error) {
+	if res.State != forq.StateRunning {
+		return Failed, fmt.Errorf("%w: %s leads to state %s", ErrNotAllowed, Start, forq.StateRunning)
+	}
+	b, err := json.Marshal(res)
+	if err != nil {
+		return Failed, err
+	}
+	r, err := s.kv.Create(ctx, res.ID, b)
+	if err == nil {
+		*rev = r
+		return Written, nil
+	}
+	if !kvcas.IsConflict(err) {
+		return Failed, err
+	}
+	cur, r, err := s.Get(ctx, res.ID)
+	switch {
+	case err != nil && !errors.Is(err, ErrMalformed):
+		return Failed, err
+	case cur != nil && cur.State == forq.StateCanceled:
+		return Kept, nil
+	case cur != nil && cur.State.Final():
+		return s.Write(ctx, res, rev, true)
+	}
+	*rev = r // 0 if deleted meanwhile: Write reads it again
+	return s.Write(ctx, res, rev, false)
 }
 
 // readForWrite reads the record for Write of event e, when the revision

@@ -5,7 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"slices"
+	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -265,4 +267,106 @@ func FuzzRead(f *testing.F) {
 			t.Fatalf("%q: encodes to %s, then to %s", b, enc, enc2)
 		}
 	})
+}
+
+// TestStart: a worker's first start creates a missing record, updates a
+// live one (a queued record made at enqueue), keeps a canceled one (a
+// producer's Cancel made it before any worker started the task), and
+// replaces another final one (an earlier task under the same ID).
+func TestStart(t *testing.T) {
+	s, kv := store(t)
+	for _, from := range states {
+		id := "s-" + string(from)
+		put(t, kv, id, from)
+		var rev uint64
+		out, err := s.Start(t.Context(), &forq.Result{ID: id, State: forq.StateRunning}, &rev)
+		want, wantState := Written, forq.StateRunning
+		if from == forq.StateCanceled {
+			want, wantState = Kept, from
+		}
+		if err != nil || out != want {
+			t.Errorf("start over %q: got %v, %v; want %v", from, out, err, want)
+		}
+		if got := stateOf(t, s, id); got != wantState {
+			t.Errorf("start over %q: the record is %q, want %q", from, got, wantState)
+		}
+		if out == Written {
+			if e, err := kv.Get(t.Context(), id); err != nil || e.Revision() != rev {
+				t.Errorf("start over %q: revision %d, want the record's, %v", from, rev, e)
+			}
+		}
+	}
+	// A deleted record (a forgotten enqueue) is created again.
+	put(t, kv, "deleted", forq.StateQueued)
+	if err := kv.Delete(t.Context(), "deleted"); err != nil {
+		t.Fatal(err)
+	}
+	var rev uint64
+	if out, err := s.Start(t.Context(), &forq.Result{ID: "deleted", State: forq.StateRunning}, &rev); out != Written || err != nil || stateOf(t, s, "deleted") != forq.StateRunning {
+		t.Errorf("start over a deleted record: got %v, %v, state %s; want it written", out, err, stateOf(t, s, "deleted"))
+	}
+	rev = 0
+	if _, err := s.Start(t.Context(), &forq.Result{ID: "x", State: forq.StateSucceeded}, &rev); !errors.Is(err, ErrNotAllowed) {
+		t.Errorf("start to succeeded: got %v, want ErrNotAllowed", err)
+	}
+}
+
+// TestStartRacesCancel: a worker's start and a producer's cancel of a task
+// that has no record, at once: exactly one of them makes the record, and
+// a start that loses is told to keep it (the handler must not start).
+func TestStartRacesCancel(t *testing.T) {
+	s, _ := store(t)
+	for i := range 50 {
+		id := "race-" + strconv.Itoa(i)
+		var (
+			out            Outcome
+			startErr, cErr error
+			wg             sync.WaitGroup
+		)
+		wg.Go(func() {
+			var rev uint64
+			out, startErr = s.Start(t.Context(), &forq.Result{ID: id, State: forq.StateRunning}, &rev)
+		})
+		wg.Go(func() {
+			cErr = s.Set(t.Context(), Cancel, id, nil, 0, &forq.Result{ID: id, State: forq.StateCanceled})
+		})
+		wg.Wait()
+		if startErr != nil || cErr != nil && !kvcas.IsConflict(cErr) {
+			t.Fatalf("%s: start %v, cancel %v", id, startErr, cErr)
+		}
+		canceled := cErr == nil
+		if canceled == (out == Written) {
+			t.Errorf("%s: cancel made the record: %v; start: %v; want exactly one", id, canceled, out)
+		}
+		want := forq.StateRunning
+		if canceled {
+			want = forq.StateCanceled
+		}
+		if got := stateOf(t, s, id); got != want {
+			t.Errorf("%s: the record is %s, want %s", id, got, want)
+		}
+	}
+}
+
+// TestRunning: Running tells running and failed records as Store writes
+// them without decoding; anything else, or bytes it does not know, are
+// left to decode.
+func TestRunning(t *testing.T) {
+	for _, s := range states {
+		b, _ := json.Marshal(&forq.Result{ID: "a", Queue: "q", Type: "t", State: s, Error: `"state":"running"`})
+		want := s == forq.StateRunning || s == forq.StateFailed
+		if got := Running(b); got != want {
+			t.Errorf("Running(%s) = %v, want %v", b, got, want)
+		}
+	}
+	// A free-text field cannot fake a state: its quotes are escaped.
+	b, _ := json.Marshal(&forq.Result{ID: `x","state":"running`, State: forq.StateSucceeded})
+	if Running(b) {
+		t.Errorf("Running(%s) = true, want false", b)
+	}
+	for _, b := range []string{``, `{}`, `{"state": "running"}`, `{"state":"runningx"}`, `not json`} {
+		if Running([]byte(b)) {
+			t.Errorf("Running(%q) = true, want false", b)
+		}
+	}
 }
