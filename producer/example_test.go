@@ -65,16 +65,20 @@ func ExampleProducer_Enqueue() {
 		}
 		fmt.Println("enqueued", info.ID, "duplicate:", info.Duplicate)
 	}
+	// No worker has started it: its record is made when one does.
 	r, err := p.Result(ctx, "resize-cat-200")
-	if err != nil {
+	switch {
+	case errors.Is(err, forq.ErrResultNotFound):
+		fmt.Println("no record yet")
+	case err != nil:
 		fmt.Println(err)
-		return
+	default:
+		fmt.Println("state:", r.State)
 	}
-	fmt.Println("state:", r.State)
 	// Output:
 	// enqueued resize-cat-200 duplicate: false
 	// enqueued resize-cat-200 duplicate: true
-	// state: queued
+	// no record yet
 }
 
 // Bad input is refused before anything is sent, with an error that names
