@@ -381,7 +381,7 @@ func (c *ResultCmd) Run(env *Env) error {
 		r, err = p.Result(ctx, c.ID)
 	}
 	if errors.Is(err, forq.ErrResultNotFound) {
-		return fmt.Errorf("no result for task %s: no such task, it did not ask for a record (enqueue with --record or --wait), or its result expired", c.ID)
+		return fmt.Errorf("no result for task %s: not started yet (a task enqueued with --record is recorded when a worker starts it, unless it has a delay or a deadline: forq tasks QUEUE lists it), no such task, it did not ask for a record (enqueue with --record or --wait), or its result expired", c.ID)
 	}
 	if err != nil {
 		return err

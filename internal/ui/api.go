@@ -151,8 +151,10 @@ type TaskDetail struct {
 	RecordError string     `json:"record_error,omitempty"`
 	Dead        []DeadView `json:"dead"`
 	// Task is the task as its queue holds it (with its payload), for a
-	// task that has a record not final yet and is among the first
-	// taskSearch tasks of its queue; nil otherwise.
+	// task that has a record not final yet, or no record and no dead
+	// letter (a recorded task no worker started yet: looked for in the
+	// query's queue, or in the first queues that hold tasks), and is
+	// among the first taskSearch tasks of its queue; nil otherwise.
 	Task *TaskView `json:"task"`
 }
 
@@ -225,7 +227,7 @@ func (s *Server) task(w http.ResponseWriter, r *http.Request) {
 	} else if res, err := s.cfg.Results.Get(r.Context(), id); err == nil {
 		d.Record = res
 	} else if errors.Is(err, forq.ErrResultNotFound) {
-		d.RecordError = "no record: the task did not ask for one (enqueue with --record), its record expired, or there is no such task"
+		d.RecordError = "no record: a task enqueued with --record (without a delay or a deadline) has none until a worker starts it; or it did not ask for one, its record expired, or there is no such task"
 	} else {
 		s.apiError(w, r, err)
 		return
@@ -240,14 +242,50 @@ func (s *Server) task(w http.ResponseWriter, r *http.Request) {
 			d.Dead = append(d.Dead, deadView(l))
 		}
 	}
-	if d.Record != nil && !d.Record.State.Final() {
+	switch {
+	case d.Record != nil && !d.Record.State.Final():
 		d.Task = s.findTask(r.Context(), d.Record.Queue, id)
+	case d.Record == nil && len(d.Dead) == 0:
+		// A recorded task not started yet has no record to name its
+		// queue (producer.WithRecord): look in the queues.
+		if d.Task = s.findQueued(r.Context(), r.URL.Query().Get("queue"), id); d.Task != nil && d.RecordError != "" {
+			d.RecordError = "no record yet: a task enqueued with --record is recorded when a worker starts it"
+		}
 	}
-	if d.Record == nil && len(d.Dead) == 0 {
+	if d.Record == nil && len(d.Dead) == 0 && d.Task == nil {
 		writeJSON(w, http.StatusNotFound, d)
 		return
 	}
 	writeJSON(w, http.StatusOK, d)
+}
+
+// searchQueues bounds how many queues findQueued looks in.
+const searchQueues = 8
+
+// findQueued looks for task id, which has no record, in queue, or when
+// queue is "" in the first searchQueues queues that hold tasks (each up to
+// taskSearch tasks).
+func (s *Server) findQueued(ctx context.Context, queue, id string) *TaskView {
+	if queue != "" {
+		return s.findTask(ctx, queue, id)
+	}
+	st, err := s.cfg.Inspector.Stats(ctx)
+	if err != nil {
+		return nil
+	}
+	n := 0
+	for _, q := range st.Queues {
+		if q.Queued+q.Scheduled+uint64(q.Unacked) == 0 {
+			continue
+		}
+		if t := s.findTask(ctx, q.Queue, id); t != nil {
+			return t
+		}
+		if n++; n == searchQueues {
+			break
+		}
+	}
+	return nil
 }
 
 // findTask looks for task id among the first taskSearch tasks of queue.

@@ -232,6 +232,22 @@ func testTask(t *testing.T, f *fixture, hs *httptest.Server) {
 	if code := get(t, hs.URL+"/api/task?id=held-1", &d); code != http.StatusOK || d.Task == nil || d.Task.Payload.Text != `{"n":1}` || d.Task.State != admin.StateQueued {
 		t.Errorf("GET /api/task?id=held-1: %d %+v, want its queued task with its payload", code, d.Task)
 	}
+	// It has no record until a worker starts it: the dashboard says so.
+	if d.Record != nil || !strings.Contains(d.RecordError, "no record yet") {
+		t.Errorf("GET /api/task?id=held-1: record %+v, %q; want none yet, said so", d.Record, d.RecordError)
+	}
+	d = ui.TaskDetail{}
+	if code := get(t, hs.URL+"/api/task?id=held-1&queue=held", &d); code != http.StatusOK || d.Task == nil || d.Task.Queue != "held" {
+		t.Errorf("GET /api/task?id=held-1&queue=held: %d %+v, want its queued task", code, d.Task)
+	}
+	// A task with a deadline is recorded as queued at enqueue.
+	if _, err := f.p.Enqueue(t.Context(), forq.Task{ID: "held-2", Queue: "held", Type: "t", Payload: []byte(`{"n":2}`)}, producer.WithRecord(), producer.WithExpiresIn(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	d = ui.TaskDetail{}
+	if code := get(t, hs.URL+"/api/task?id=held-2", &d); code != http.StatusOK || d.Task == nil || d.Record == nil || d.Record.State != forq.StateQueued {
+		t.Errorf("GET /api/task?id=held-2: %d %+v %+v, want its queued record and task", code, d.Record, d.Task)
+	}
 	var e map[string]any
 	if code := get(t, hs.URL+"/api/task?id=nope", &e); code != http.StatusNotFound {
 		t.Errorf("GET /api/task?id=nope: %d, want 404", code)

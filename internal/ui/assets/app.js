@@ -258,7 +258,7 @@ async function renderTask() {
   const d = await api("/api/task?id=" + encodeURIComponent(state.taskID));
   const r = d.record;
   const kids = [];
-  if (!r && d.dead.length === 0) {
+  if (!r && d.dead.length === 0 && !d.task) {
     box.replaceChildren(el("p", { class: "hint", id: "task-missing" }, "No record and no dead letter for " + d.id + ". " + (d.record_error || "")));
     return;
   }
