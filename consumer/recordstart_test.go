@@ -200,3 +200,54 @@ func TestCancelRacingStartsIsExact(t *testing.T) {
 	}
 	t.Logf("%d of %d tasks fenced by their Cancel's record, %d started", fenced, n, len(started))
 }
+
+// A recorded task that succeeds at once costs two writes to the bucket of
+// records: its start (running) and its outcome. No queued record is
+// written at enqueue.
+func TestRecordedTaskCostsTwoWrites(t *testing.T) {
+	b := setup(t)
+	ctx := t.Context()
+	if _, err := topology.Ensure(ctx, b.js, topology.Options{}); err != nil {
+		t.Fatal(err)
+	}
+	s, err := b.js.Stream(ctx, "KV_"+forq.BucketResults)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seq := func() uint64 {
+		i, err := s.Info(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return i.State.LastSeq
+	}
+	const n = 20
+	tasks := make([]forq.Task, n)
+	for i := range tasks {
+		tasks[i] = forq.Task{Type: "ok"}
+	}
+	before := seq()
+	infos, err := b.p.EnqueueMany(ctx, tasks, producer.WithQueue("two"), producer.WithRecord())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := seq() - before; got != 0 {
+		t.Errorf("enqueue wrote %d records, want none", got)
+	}
+	w := newWorker(t, b, consumer.Config{Queues: []string{"two"}, Concurrency: 4})
+	w.HandleFunc("ok", func(context.Context, *consumer.Task) ([]byte, error) { return nil, nil })
+	start(t, w)
+	ids := make([]string, n)
+	for i, in := range infos {
+		ids[i] = in.ID
+	}
+	wctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	if _, err := b.p.WaitMany(wctx, ids); err != nil {
+		t.Fatal(err)
+	}
+	waitAcked(t, b, "two")
+	if got := seq() - before; got != 2*n {
+		t.Errorf("%d tasks wrote %d records, want %d", n, got, 2*n)
+	}
+}
