@@ -124,25 +124,14 @@ func (p *Producer) WaitMany(ctx context.Context, ids []string) ([]*forq.Result, 
 					}
 					continue
 				}
-				if e.Operation() != jetstream.KeyValuePut {
-					continue
-				}
-				is, ok := index[e.Key()]
-				if !ok || out[is[0]] != nil || record.Running(e.Value()) {
-					continue
-				}
-				r, err := record.Read(e.Key(), e.Value())
+				done, err := finalOf(e, index, out)
 				if err != nil {
 					w.stop()
 					return out, err
 				}
-				if !r.State.Final() {
-					continue
+				if done {
+					left--
 				}
-				for _, i := range is {
-					out[i] = r
-				}
-				left--
 			}
 		}
 		w.stop()
@@ -151,6 +140,32 @@ func (p *Producer) WaitMany(ctx context.Context, ids []string) ([]*forq.Result, 
 		}
 	}
 	return out, nil
+}
+
+// finalOf reads update e of WaitMany's watch: when it is the final record
+// of a task waited for (index: each ID's places in out) that has none in
+// out yet, it puts it there and reports true. Updates of other keys, and
+// records not final, are skipped: a running or failed one without a
+// decode (record.Running).
+func finalOf(e jetstream.KeyValueEntry, index map[string][]int, out []*forq.Result) (bool, error) {
+	if e.Operation() != jetstream.KeyValuePut {
+		return false, nil
+	}
+	is, ok := index[e.Key()]
+	if !ok || out[is[0]] != nil || record.Running(e.Value()) {
+		return false, nil
+	}
+	r, err := record.Read(e.Key(), e.Value())
+	if err != nil {
+		return false, err
+	}
+	if !r.State.Final() {
+		return false, nil
+	}
+	for _, i := range is {
+		out[i] = r
+	}
+	return true, nil
 }
 
 // unfinished returns the IDs of ids without a result in out, each once.

@@ -232,6 +232,17 @@ func testTask(t *testing.T, f *fixture, hs *httptest.Server) {
 	if code := get(t, hs.URL+"/api/task?id=held-1", &d); code != http.StatusOK || d.Task == nil || d.Task.Payload.Text != `{"n":1}` || d.Task.State != admin.StateQueued {
 		t.Errorf("GET /api/task?id=held-1: %d %+v, want its queued task with its payload", code, d.Task)
 	}
+	testTaskWithoutRecord(t, f, hs, d)
+	var e map[string]any
+	if code := get(t, hs.URL+"/api/task?id=nope", &e); code != http.StatusNotFound {
+		t.Errorf("GET /api/task?id=nope: %d, want 404", code)
+	}
+}
+
+// testTaskWithoutRecord: held-1, a recorded task no worker started, has
+// no record (d is what the API said of it); one with a deadline has one.
+func testTaskWithoutRecord(t *testing.T, f *fixture, hs *httptest.Server, d ui.TaskDetail) {
+	t.Helper()
 	// It has no record until a worker starts it: the dashboard says so.
 	if d.Record != nil || !strings.Contains(d.RecordError, "no record yet") {
 		t.Errorf("GET /api/task?id=held-1: record %+v, %q; want none yet, said so", d.Record, d.RecordError)
@@ -247,10 +258,6 @@ func testTask(t *testing.T, f *fixture, hs *httptest.Server) {
 	d = ui.TaskDetail{}
 	if code := get(t, hs.URL+"/api/task?id=held-2", &d); code != http.StatusOK || d.Task == nil || d.Record == nil || d.Record.State != forq.StateQueued {
 		t.Errorf("GET /api/task?id=held-2: %d %+v %+v, want its queued record and task", code, d.Record, d.Task)
-	}
-	var e map[string]any
-	if code := get(t, hs.URL+"/api/task?id=nope", &e); code != http.StatusNotFound {
-		t.Errorf("GET /api/task?id=nope: %d, want 404", code)
 	}
 }
 
