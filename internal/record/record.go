@@ -36,7 +36,8 @@ type Event string
 
 // The events, by who makes them.
 const (
-	// Enqueue: the producer enqueued a task that asks for a record.
+	// Enqueue: the producer enqueued a task that asks for a record and
+	// has a delay or a deadline (others get theirs at Start, or Cancel).
 	Enqueue Event = "enqueue"
 	// Forget: the producer's enqueue failed after the record was made.
 	Forget Event = "forget"
