@@ -57,6 +57,11 @@ type Delivery struct {
 	AckWait time.Duration
 	// Msg is the message, through which the task is acknowledged.
 	Msg *Msg
+	// Received is when the engine took the message from its subscription:
+	// the broker's ack wait for it started no later. A delivery that waits
+	// for a runner past its ack wait (a starved process) may have been
+	// given to another worker meanwhile.
+	Received time.Time
 }
 
 // Runner runs deliveries on one runner goroutine of the engine, one at a

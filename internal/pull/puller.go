@@ -311,7 +311,7 @@ func (p *puller) receive(ctx context.Context, src *source, reply string, k int, 
 			e.release(1)
 			continue
 		}
-		e.disp.dispatch(Delivery{Queue: src.queue, Priority: src.prio, AckWait: src.ackWait, Msg: tm})
+		e.disp.dispatch(Delivery{Queue: src.queue, Priority: src.prio, AckWait: src.ackWait, Msg: tm, Received: time.Now()})
 	}
 	return n, nil
 }
