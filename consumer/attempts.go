@@ -48,8 +48,27 @@ import (
 // among others, is not counted), and a worker with Concurrency 1 runs
 // every task alone. What cannot be told apart: a process killed from
 // outside (SIGKILL, the OOM killer) while it ran a suspect alone is
-// counted as that task's crash, and so is a run alone whose worker lost
-// its lease (lease.go), which leaves its start without an end.
+// counted as that task's crash.
+//
+// A worker alive but starved of CPU (or frozen, then resumed) past a
+// task's ack wait loses its lease (lease.go) and the broker redelivers
+// the task; that costs it no attempt:
+//
+//   - a delivery whose lease ran out before its handler started (it
+//     waited for a runner) is not run there (oStale);
+//   - a run whose lease ran out, and a delivery that was not run for
+//     that, write to the record that their run ended (markEnded), unless
+//     a later run wrote there first: its next delivery is then neither a
+//     suspect nor, if that run was alone, charged a crash;
+//   - a redelivery that finds the start of a run alone without an end
+//     written by its own worker since that worker started (the broker
+//     redelivered to the same process, as with one worker per queue)
+//     does not count a crash: that process is alive (ranAloneHere).
+//
+// What is left: a run alone whose worker is frozen past its ack wait and
+// whose redelivery reads the record on another worker before the frozen
+// one resumes and writes its end is counted as a crash, as a frozen
+// process cannot be told from a dead one.
 //
 // The first delivery of a task pays nothing for this: no read, no write
 // (a record is written only if the task asked for one, as before), and
@@ -103,7 +122,7 @@ func (w *Worker) redelivered(d *delivery) outcome {
 	failures := rec.Failures
 	settled := rec.Run == run-1 && rec.State != forq.StateRunning && !rec.Alone
 	var crash error
-	if rec.Alone {
+	if rec.Alone && !w.ranAloneHere(&rec) {
 		failures++
 		crash = fmt.Errorf("its worker process died while running it alone (run %d)", rec.Run)
 	}
@@ -134,6 +153,14 @@ func (w *Worker) redelivered(d *delivery) outcome {
 		return oSuspect
 	}
 	return oRun
+}
+
+// ranAloneHere reports whether rec's run alone was this worker's, since
+// it started: then its process did not die, whatever became of that run
+// (its lease ran out here while it ran, say). A process restarted with the
+// same PID and name started after the run it would be taken for.
+func (w *Worker) ranAloneHere(rec *forq.Result) bool {
+	return rec.WorkerPID == w.pid && rec.Host == w.name && !w.started.IsZero() && !rec.StartedAt.Before(w.started)
 }
 
 // enter is the gate a handler passes before it runs: a task that runs

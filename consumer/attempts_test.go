@@ -365,6 +365,85 @@ func TestFrozenWorkerLosesItsLease(t *testing.T) {
 		resumed.Sub(stopped).Round(time.Millisecond), line, childEnd.Sub(resumed).Round(time.Millisecond), overlap.Round(time.Millisecond), si.State.Msgs, r.State, r.Result)
 }
 
+// A worker frozen (SIGSTOP) past the ack wait while it runs a suspect
+// alone, then resumed, is alive: its lost lease is no crash of the task.
+// The task (one attempt allowed) is redelivered to the same worker, runs
+// again and succeeds; it is not dead-lettered as "its worker process died
+// while running it alone".
+func TestFrozenRunAloneIsNotACrash(t *testing.T) {
+	b := setup(t)
+	const queue, id = "frozenalone", "frozen-alone"
+	tasks, err := b.js.Stream(t.Context(), forq.StreamTasks)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cons, err := topology.EnsureConsumer(t.Context(), b.nc, tasks, queue, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.p.Enqueue(t.Context(), forq.Task{Type: "long", ID: id, MaxAttempts: 1}, producer.WithQueue(queue), producer.WithRecord()); err != nil {
+		t.Fatal(err)
+	}
+	// A first delivery lost without a word: the next one is a suspect and
+	// runs alone (attempts.go).
+	batch, err := cons.Fetch(1, jetstream.FetchMaxWait(5*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range batch.Messages() {
+	}
+	c := startChild(t, "freeze", b.url, queue, 1, time.Second)
+	select {
+	case l := <-c.lines:
+		if !strings.HasPrefix(l, "started") {
+			t.Fatalf("child said %q", l)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatalf("the child did not start the task: %s", c.stderr.String())
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	rec, err := b.p.Result(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !rec.Alone || rec.Run != 2 {
+		t.Fatalf("the second delivery did not run alone: record %+v", rec)
+	}
+	if err := c.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(2500 * time.Millisecond)
+	if err := c.cmd.Process.Signal(syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	r, err := b.p.Wait(ctx, id)
+	if err != nil {
+		t.Fatalf("%v; child's log: %s", err, c.stderr.String())
+	}
+	if r.State != forq.StateSucceeded || r.Attempts != 1 || r.Failures != 0 {
+		t.Errorf("got %s after %d attempt(s), %d failure(s) (%q), want succeeded at attempt 1; child's log: %s",
+			r.State, r.Attempts, r.Failures, r.Error, c.stderr.String())
+	}
+	dead, err := b.js.Stream(t.Context(), forq.StreamDead)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := dead.Info(t.Context(), jetstream.WithSubjectFilter(wire.DeadSubject(queue)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.State.Msgs != 0 {
+		t.Errorf("%d dead letter(s): a frozen worker was taken for a crashed one", info.State.Msgs)
+	}
+	_ = c.stdin.Close()
+	c.wait(t, 10*time.Second)
+	if !strings.Contains(c.stderr.String(), "lease lost") {
+		t.Errorf("the child did not lose its lease: %s", c.stderr.String())
+	}
+	t.Logf("frozen 2.5s (ack wait 1s) while running alone; record: %s, run %d, attempt %d", r.State, r.Run, r.Attempts)
+}
+
 // A handler that ignores its context past its timeout is abandoned: its
 // task is settled as timed out (retried, then dead-lettered after its
 // attempts), and Run returns ErrAbandoned once the other task running

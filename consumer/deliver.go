@@ -41,6 +41,11 @@ type delivery struct {
 	timeout  time.Duration // Forq-Timeout, 0 for none
 	ackWait  time.Duration // of its queue's consumer: its lease
 	delivery int           // the broker's delivery count
+	// leased is when its lease is known to have started: when the engine
+	// received the message (the broker's ack wait started no later), or
+	// the in-progress ack a redelivery sends before its slow checks. Zero
+	// if unknown: then the start of its handler.
+	leased time.Time
 	// lockKey is its lock key (Forq-Lock), "" for none; deadline is when
 	// it expires unstarted (Forq-Deadline), zero for never. Both are also
 	// what the lock and expired rows log.
@@ -107,7 +112,7 @@ func (w *Worker) decode(d *delivery, hard context.Context, r *runner, pd pull.De
 	d.t, d.log = t, taskLog{w: w, t: t}
 	d.record = th.Record || w.recordsQueue(pd.Queue)
 	d.res = forq.Result{ID: t.ID, Queue: pd.Queue, Type: t.Type, Attempts: 1, WorkerPID: w.pid, Host: w.name}
-	d.timeout, d.ackWait, d.delivery = th.Timeout, pd.AckWait, th.Delivered
+	d.timeout, d.ackWait, d.delivery, d.leased = th.Timeout, pd.AckWait, th.Delivered, pd.Received
 	d.lockKey, d.deadline = th.Lock, th.Deadline
 	if th.Err != nil {
 		// Such a task cannot run as its producer meant: dead-letter it.
@@ -123,8 +128,18 @@ func (w *Worker) admit(d *delivery) outcome {
 	if d.err != nil {
 		return oFailed // a malformed header: it wraps ErrPermanent
 	}
-	if d.delivery > 1 && w.runsElsewhere(d) {
-		return oElsewhere // its first run goes on elsewhere: see restart.go
+	if d.delivery > 1 {
+		if d.leaseExpired(time.Now()) {
+			return oStale // see lease.go
+		}
+		// The checks below may take a while (a question to the other
+		// workers, its record read): its lease starts again now.
+		if t.msg.InProgress() == nil {
+			d.leased = time.Now()
+		}
+		if w.runsElsewhere(d) {
+			return oElsewhere // its first run goes on elsewhere: see restart.go
+		}
 	}
 	run := d.delivery
 	if key := d.lockKey; key != "" && !w.isCanceled(t.ID) {
@@ -166,6 +181,11 @@ func (w *Worker) run(d *delivery) (o outcome, abandoned bool) {
 	t := d.t
 	h, ok := w.handlers[t.Type]
 	d.res.StartedAt = time.Now().UTC()
+	if d.leaseExpired(d.res.StartedAt) {
+		// It waited for this runner past its lease: its redelivery runs
+		// it (see lease.go).
+		return oStale, false
+	}
 	if !ok {
 		d.err = fmt.Errorf("%w %q on this worker (it handles %v)", ErrNoHandler, t.Type, w.Types())
 		d.res.FinishedAt = time.Now().UTC()
@@ -181,7 +201,7 @@ func (w *Worker) run(d *delivery) (o outcome, abandoned bool) {
 			return o, false // canceled, or it ended on another run: see record.go
 		}
 	}
-	out, end, err := w.runHandler(d.hard, d.r, &d.log, t, h, d.timeout, d.ackWait, d.res.StartedAt, mark)
+	out, end, err := w.runHandler(d.hard, d.r, &d.log, t, h, d.timeout, d.ackWait, d.leased, d.res.StartedAt, mark)
 	if errors.Is(err, errAbandonedRun) {
 		return 0, true
 	}
@@ -248,16 +268,16 @@ var errAbandonedRun = errors.New("handler abandoned")
 // handler's context; r is the runner's entry in w.running, where the task
 // is cancelable and gets its heartbeats. A task that runs alone (t.alone)
 // waits for the others first, and mark is then its record: its start
-// alone is written before h is called (attempts.go). end is when the
-// handler returned.
-func (w *Worker) runHandler(hard context.Context, r *runner, log *taskLog, t *Task, h Handler, timeout, ackWait time.Duration, start time.Time, mark *forq.Result) (out []byte, end time.Time, err error) {
+// alone is written before h is called (attempts.go). Its lease runs from
+// leased (start if zero or later). end is when the handler returned.
+func (w *Worker) runHandler(hard context.Context, r *runner, log *taskLog, t *Task, h Handler, timeout, ackWait time.Duration, leased, start time.Time, mark *forq.Result) (out []byte, end time.Time, err error) {
 	ctx, cancel := context.WithCancelCause(hard)
 	defer cancel(nil)
 	var timedOut error
 	if timeout > 0 {
 		timedOut = fmt.Errorf("task timed out after %s", timeout)
 	}
-	start, entered := w.hold(ctx, r, t, cancel, timeout, ackWait, timedOut, start)
+	start, entered := w.hold(ctx, r, t, cancel, timeout, ackWait, timedOut, leased, start)
 	defer func() {
 		var lost, abandoned bool
 		end, lost, abandoned = w.unhold(r, t, entered == nil)
@@ -302,21 +322,25 @@ func (w *Worker) runHandler(hard context.Context, r *runner, log *taskLog, t *Ta
 
 // hold makes t runner r's task before its handler runs: cancelable
 // (cancel, at once if the worker is stopping or the task was canceled),
-// given heartbeats and a lease of ackWait from start, and abandoned past
+// given heartbeats and a lease of ackWait from leased (start if zero or
+// later: its first heartbeat is then due a beat after it), and abandoned past
 // its timeout and the abandon grace. Then it takes t through the gate of
 // runs alone (enter), and returns when t starts (later than start if it
 // waited there), or the gate's error.
-func (w *Worker) hold(ctx context.Context, r *runner, t *Task, cancel context.CancelCauseFunc, timeout, ackWait time.Duration, timedOut error, start time.Time) (time.Time, error) {
+func (w *Worker) hold(ctx context.Context, r *runner, t *Task, cancel context.CancelCauseFunc, timeout, ackWait time.Duration, timedOut error, leased, start time.Time) (time.Time, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	r.id, r.cancel, r.msg, r.t = t.ID, cancel, t.msg, t
 	t.rn = r
 	r.gen++
-	r.beat, r.next, r.ackWait, r.lastOK, r.lost = 0, time.Time{}, ackWait, start, false
+	if leased.IsZero() || leased.After(start) {
+		leased = start
+	}
+	r.beat, r.next, r.ackWait, r.lastOK, r.lost = 0, time.Time{}, ackWait, leased, false
 	r.started, r.abandonAt, r.timedOut = start, time.Time{}, timedOut
 	if ackWait > 0 {
 		r.beat = beatOf(ackWait)
-		r.next = start.Add(r.beat)
+		r.next = leased.Add(r.beat)
 	}
 	if w.stopping != nil {
 		cancel(w.stopping)
@@ -363,4 +387,12 @@ func (w *Worker) unhold(r *runner, t *Task, entered bool) (end time.Time, lost, 
 		return time.Time{}, false, true
 	}
 	return end, lost, false
+}
+
+// leaseExpired reports whether the delivery's lease ran out by now before
+// its handler started: it waited longer than the ack wait since it was
+// received (or last renewed) without a heartbeat, so the broker may have
+// given it to another worker already (lease.go).
+func (d *delivery) leaseExpired(now time.Time) bool {
+	return d.ackWait > 0 && !d.leased.IsZero() && now.Sub(d.leased) > d.ackWait
 }

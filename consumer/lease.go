@@ -2,13 +2,17 @@ package consumer
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/forqhq/forq"
+	"github.com/forqhq/forq/internal/kvcas"
 	"github.com/forqhq/forq/internal/pull"
+	"github.com/forqhq/forq/internal/record"
 	"github.com/nats-io/nats.go"
 )
 
@@ -23,13 +27,24 @@ import (
 // confirms the lease as of that send time. A task whose last confirmed
 // heartbeat (or, before the first, its start) is older than the ack wait
 // has lost its lease: the broker may have given it to another worker,
-// which happens when this worker was frozen (SIGSTOP, a VM pause) or cut
-// off from the broker. Its handler's context is canceled with
-// ErrLeaseLost, and whatever the handler returns, this worker does not
-// ack, nak or record the task: that is up to its other delivery. The
-// runner checks the lease itself when the handler returns, so a worker
-// resumed from a freeze does not ack a task that ran on before the loop
-// noticed.
+// which happens when this worker was frozen (SIGSTOP, a VM pause), starved
+// of CPU, or cut off from the broker. Its handler's context is canceled
+// with ErrLeaseLost, and whatever the handler returns, this worker does
+// not ack or nak the task, nor record its outcome: that is up to its
+// other delivery. The runner checks the lease itself when the handler
+// returns, so a worker resumed from a freeze does not ack a task that ran
+// on before the loop noticed.
+//
+// A lease starts when the engine receives the message (the broker's ack
+// wait started no later), not when a runner gets to it: a delivery that
+// waited longer than the ack wait for a runner (a starved process) is not
+// run at all (oStale), as the broker may have given it to another worker;
+// a redelivery renews its lease with an in-progress ack before its slower
+// checks (restart.go, attempts.go). Either way, a lease lost is no attempt
+// of the task, and, since this worker is alive, no crash: the run writes
+// that it ended to the task's record (markEnded) unless a later run wrote
+// there first, so that its redelivery neither runs alone as a suspect nor
+// counts a crash (attempts.go).
 //
 // A handler that ignores its context goes on past its task's timeout; at
 // the timeout plus Config.AbandonGrace the heartbeat loop abandons it: its
@@ -231,4 +246,57 @@ func (w *Worker) abandon(r *runner, now time.Time, stopping bool) {
 			w.settle(d, o)
 		}
 	})
+}
+
+// leaseEnded is the error of the record markEnded writes.
+const leaseEnded = "its lease ran out on a living worker (starved or frozen); not an attempt"
+
+// markEnded writes to the task's record that this run ended without a
+// failure and without settling its message, its lease having run out
+// (oLeaseLost, oStale), so that its next delivery does not take it for a
+// lost one (attempts.go): neither a suspect nor, if it ran alone, a crash.
+// It writes only with compare-and-set over the revision this delivery
+// last wrote or read, or over a record of no later run of this message,
+// so never over another run's record nor over a final state. Rare path:
+// one read and one write at most.
+func (w *Worker) markEnded(d *delivery) {
+	t := d.t
+	if t.lock == nil && d.lockKey != "" {
+		return // its runs are counted by its lock, not taken yet
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	seq, run := t.seq(), t.run()
+	res := forq.Result{ID: t.ID, Queue: t.Queue, Type: t.Type, State: forq.StateQueued, WorkerPID: w.pid, Host: w.name,
+		Error: leaseEnded, Seq: seq, Run: run, Failures: t.Attempt - 1, History: t.history}
+	rev := t.rev
+	if rev == 0 {
+		cur, r, err := record.New(w.h.Results).Get(ctx, t.ID)
+		if err != nil && !errors.Is(err, record.ErrMalformed) {
+			d.log.get().Warn("recording the end of a lease failed", "err", err)
+			return
+		}
+		res.Failures, res.History = 0, nil
+		if cur != nil {
+			if cur.State.Final() || cur.Seq == seq && cur.Run >= run {
+				return
+			}
+			if cur.Seq == seq {
+				res.Failures, res.History = cur.Failures, cur.History
+			}
+		}
+		rev = r
+	}
+	res.Attempts = res.Failures + 1
+	b, err := json.Marshal(&res)
+	if err == nil {
+		if rev == 0 {
+			_, err = w.h.Results.Create(ctx, t.ID, b)
+		} else {
+			_, err = w.h.Results.Update(ctx, t.ID, b, rev)
+		}
+	}
+	if err != nil && !kvcas.IsConflict(err) {
+		d.log.get().Warn("recording the end of a lease failed", "err", err)
+	}
 }

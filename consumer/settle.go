@@ -74,6 +74,10 @@ const (
 	// its record saying when it is due, offered again after d; not an
 	// attempt.
 	oSnoozed
+	// oStale: its lease ran out before its handler started (it waited
+	// for a runner in a starved process, lease.go): not run here, not an
+	// attempt; the broker redelivers it.
+	oStale
 )
 
 // recordWhen says whether an outcome writes the task's record.
@@ -133,6 +137,9 @@ type row struct {
 	observe    Outcome // told to the Observer; "": nothing
 	// notRun: not counted as a task in Processed, nor toward MaxTasks.
 	notRun bool
+	// markEnd: the run ended with its lease, unsettled: its record says
+	// so if nothing later was written there (markEnded).
+	markEnd bool
 }
 
 const nakFailed = "nak failed; the task will be redelivered after the ack wait"
@@ -167,8 +174,8 @@ var outcomes = [...]row{
 	// Logged when it is abandoned (lease.go).
 	oAbandoned: {state: forq.StateQueued, record: recordAsked, stamp: true,
 		ack: ackNakNow, observe: OutcomeInterrupted},
-	oLeaseLost: {level: slog.LevelWarn, msg: "task lease lost: not acked or recorded here; the broker redelivers it",
-		attrs: aErr, observe: OutcomeInterrupted},
+	oLeaseLost: {level: slog.LevelWarn, msg: "task lease lost: not acked here; the broker redelivers it",
+		attrs: aErr, observe: OutcomeInterrupted, markEnd: true},
 	oElsewhere: {ack: ackNak,
 		level: slog.LevelInfo, msg: "redelivered task still runs: not starting a second run", attrs: aRunsOn},
 	oLockBusy: {ack: ackNak, ackFailed: nakFailed,
@@ -186,6 +193,8 @@ var outcomes = [...]row{
 	oSnoozed: {state: forq.StateQueued, record: recordAlways, stamp: true,
 		ack: ackNak, ackFailed: "nak of snoozed task failed; it will be redelivered after the ack wait",
 		level: slog.LevelDebug, msg: "task snoozed", attrs: aFor, observe: OutcomeSnoozed},
+	oStale: {level: slog.LevelInfo, msg: "task's lease ran out before its handler started (this worker was slow to reach it): not run here; the broker redelivers it",
+		observe: OutcomeInterrupted, notRun: true, markEnd: true},
 }
 
 // settle ends the delivery with outcome o, as its row of the outcome table
@@ -218,6 +227,9 @@ func (w *Worker) settle(d *delivery, o outcome) {
 		if !w.put(&d.log, res) && r.unrecorded != oRun {
 			r = &outcomes[r.unrecorded]
 		}
+	}
+	if r.markEnd {
+		w.markEnded(d)
 	}
 	w.acknowledge(d, r)
 	if r.msg != "" && w.log.Enabled(context.Background(), r.level) {
