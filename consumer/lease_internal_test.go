@@ -63,26 +63,8 @@ func TestStaleDeliveryIsNotRunNorAnAttempt(t *testing.T) {
 	var acker sync.WaitGroup
 	acker.Go(a.Run)
 	t.Cleanup(func() { a.Close(); acker.Wait() })
-	next := func() *nats.Msg {
-		t.Helper()
-		inbox := nc.NewInbox()
-		sub, err := nc.SubscribeSync(inbox)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer func() { _ = sub.Unsubscribe() }()
-		subject := "$JS.API.CONSUMER.MSG.NEXT." + forq.StreamTasks + "." + wire.LevelConsumerName("stale", forq.PriorityNormal)
-		if err := nc.PublishRequest(subject, inbox, []byte(`{"batch":1,"expires":5000000000}`)); err != nil {
-			t.Fatal(err)
-		}
-		m, err := sub.NextMsg(10 * time.Second)
-		if err != nil || m.Reply == "" {
-			t.Fatalf("no delivery: %v %v", err, m)
-		}
-		return m
-	}
 	r := &runner{w: w}
-	first := next()
+	first := pullOne(t, nc, "stale")
 	received := time.Now()
 	time.Sleep(ackWait + ackWait/2) // no runner came for it
 	before := w.processed.Load()
@@ -93,15 +75,12 @@ func TestStaleDeliveryIsNotRunNorAnAttempt(t *testing.T) {
 	if n := w.processed.Load(); n != before {
 		t.Errorf("Processed went from %d to %d for a delivery that did not run", before, n)
 	}
-	rec, _, err := record.New(w.h.Results).Get(t.Context(), info.ID)
-	if err != nil || rec == nil {
-		t.Fatalf("record: %v %v", rec, err)
-	}
+	rec := readRecord(t, w, info.ID)
 	if rec.State != forq.StateQueued || rec.Run != 1 || rec.Alone || rec.Failures != 0 {
 		t.Errorf("record after the stale delivery: %s run %d alone %v failures %d, want queued, run 1 ended, no failure", rec.State, rec.Run, rec.Alone, rec.Failures)
 	}
 
-	second := next() // the broker's redelivery
+	second := pullOne(t, nc, "stale") // the broker's redelivery
 	if a, _ := wire.ParseAck(second.Reply); a.Delivered != 2 {
 		t.Fatalf("got delivery %d, want the redelivery (2)", a.Delivered)
 	}
@@ -109,14 +88,41 @@ func TestStaleDeliveryIsNotRunNorAnAttempt(t *testing.T) {
 	if n := calls.Load(); n != 2 {
 		t.Fatalf("the handler ran %d time(s) for the redelivery, want 1", n-1)
 	}
-	rec, _, err = record.New(w.h.Results).Get(t.Context(), info.ID)
-	if err != nil || rec == nil {
-		t.Fatalf("record: %v %v", rec, err)
-	}
+	rec = readRecord(t, w, info.ID)
 	if rec.State != forq.StateSucceeded || rec.Attempts != 1 || rec.Alone || rec.Run != 2 {
 		t.Errorf("record after the redelivery: %s at attempt %d, run %d, alone %v; want succeeded at attempt 1 on run 2, not alone (not a suspect)",
 			rec.State, rec.Attempts, rec.Run, rec.Alone)
 	}
+}
+
+// pullOne pulls the next delivery of queue's normal level by hand.
+func pullOne(t *testing.T, nc *nats.Conn, queue string) *nats.Msg {
+	t.Helper()
+	inbox := nc.NewInbox()
+	sub, err := nc.SubscribeSync(inbox)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	subject := "$JS.API.CONSUMER.MSG.NEXT." + forq.StreamTasks + "." + wire.LevelConsumerName(queue, forq.PriorityNormal)
+	if err := nc.PublishRequest(subject, inbox, []byte(`{"batch":1,"expires":5000000000}`)); err != nil {
+		t.Fatal(err)
+	}
+	m, err := sub.NextMsg(10 * time.Second)
+	if err != nil || m.Reply == "" {
+		t.Fatalf("no delivery: %v %v", err, m)
+	}
+	return m
+}
+
+// readRecord reads task id's record.
+func readRecord(t *testing.T, w *Worker, id string) *forq.Result {
+	t.Helper()
+	rec, _, err := record.New(w.h.Results).Get(t.Context(), id)
+	if err != nil || rec == nil {
+		t.Fatalf("record of %s: %v %v", id, rec, err)
+	}
+	return rec
 }
 
 // A run alone whose record names this worker, since it started, is no
