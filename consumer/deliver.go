@@ -124,22 +124,31 @@ func (w *Worker) decode(d *delivery, hard context.Context, r *runner, pd pull.De
 // admit decides whether the task runs now: it returns oRun, or the outcome
 // that ends the delivery without running it.
 func (w *Worker) admit(d *delivery) outcome {
-	t := d.t
 	if d.err != nil {
 		return oFailed // a malformed header: it wraps ErrPermanent
 	}
-	if d.delivery > 1 {
-		if d.leaseExpired(time.Now()) {
-			return oStale // see lease.go
-		}
-		// The checks below may take a while (a question to the other
-		// workers, its record read): its lease starts again now.
-		if t.msg.InProgress() == nil {
-			d.leased = time.Now()
-		}
-		if w.runsElsewhere(d) {
-			return oElsewhere // its first run goes on elsewhere: see restart.go
-		}
+	if d.delivery <= 1 {
+		return w.check(d)
+	}
+	if d.leaseExpired(time.Now()) {
+		return oStale // see lease.go
+	}
+	// A redelivery's checks (a question to the other workers, its lock,
+	// its record read) may take longer than its ack wait on a loaded
+	// broker: its lease is kept meanwhile.
+	k := keepLease(d.t.msg, d.ackWait)
+	o := w.check(d)
+	if at := k.stop(); !at.IsZero() {
+		d.leased = at
+	}
+	return o
+}
+
+// check is admit's checks of a well-formed task.
+func (w *Worker) check(d *delivery) outcome {
+	t := d.t
+	if d.delivery > 1 && w.runsElsewhere(d) {
+		return oElsewhere // its first run goes on elsewhere: see restart.go
 	}
 	run := d.delivery
 	if key := d.lockKey; key != "" && !w.isCanceled(t.ID) {

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/forqhq/forq"
@@ -299,4 +301,54 @@ func (w *Worker) markEnded(d *delivery) {
 	if err != nil && !kvcas.IsConflict(err) {
 		d.log.get().Warn("recording the end of a lease failed", "err", err)
 	}
+}
+
+// leaseKeeper sends in-progress acks for a delivery that is not yet its
+// runner's task (see keepLease).
+type leaseKeeper struct {
+	done chan struct{}
+	wg   sync.WaitGroup
+	last atomic.Int64 // UnixNano of the last in-progress ack sent; 0: none
+}
+
+// keepLease sends an in-progress ack for m at once and then every beat of
+// ackWait until stop: for a redelivery while admit checks it, before its
+// runner's heartbeats cover it. These acks are sent, not confirmed: the
+// runner's first heartbeat is due a beat after the last.
+func keepLease(m *pull.Msg, ackWait time.Duration) *leaseKeeper {
+	k := &leaseKeeper{done: make(chan struct{})}
+	if ackWait <= 0 {
+		return k
+	}
+	k.send(m)
+	k.wg.Go(func() {
+		t := time.NewTicker(beatOf(ackWait))
+		defer t.Stop()
+		for {
+			select {
+			case <-k.done:
+				return
+			case <-t.C:
+				k.send(m)
+			}
+		}
+	})
+	return k
+}
+
+func (k *leaseKeeper) send(m *pull.Msg) {
+	if m.InProgress() == nil {
+		k.last.Store(time.Now().UnixNano())
+	}
+}
+
+// stop ends the in-progress acks and returns when the last was sent (zero
+// if none was).
+func (k *leaseKeeper) stop() time.Time {
+	close(k.done)
+	k.wg.Wait()
+	if n := k.last.Load(); n != 0 {
+		return time.Unix(0, n)
+	}
+	return time.Time{}
 }
