@@ -109,6 +109,19 @@ func results(t *testing.T, js jetstream.JetStream, ids []string) map[string]forq
 	return out
 }
 
+// countNotStarted counts the tasks of ids that no worker has started: no
+// record yet (a recorded task gets one when a worker starts it) or a
+// queued one (a delayed task's, or one retried from the dead letters).
+func countNotStarted(rs map[string]forq.Result, ids []string) int {
+	n := 0
+	for _, id := range ids {
+		if r, ok := rs[id]; !ok || r.State == forq.StateQueued {
+			n++
+		}
+	}
+	return n
+}
+
 func countState(rs map[string]forq.Result, s forq.State) int {
 	n := 0
 	for _, r := range rs {
